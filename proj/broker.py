@@ -1,0 +1,436 @@
+"""A private RabbitMQ node: start, stop, status, restart, with every file inside one data dir.
+
+The node runs from the system's ``rabbitmq-server`` package as the current user (Debian's
+``/usr/sbin`` wrappers switch to the ``rabbitmq`` user; we call the scripts behind them, so the
+data dir stays owned by whoever started it, root included). It listens on 127.0.0.1 only, on
+ports of its own, with its own Erlang port mapper (epmd), so several nodes with different data
+dirs run side by side and none touches a system RabbitMQ.
+
+Usage::
+
+    node = Node(data_dir=".rabbitmq", port=5672, management_port=15672)
+    node.start()          # returns once the node accepts AMQP connections
+    print(node.url)       # amqp://guest:guest@127.0.0.1:5672//
+    node.restart()        # same data: durable queues and persistent messages survive
+    node.stop()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+#: Where Debian's package puts the scripts that the /usr/sbin wrappers call.
+RABBITMQ_BIN_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/local/lib/rabbitmq/bin")
+STATE_FILE = "proj-broker.json"
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 30.0
+
+
+class BrokerError(RuntimeError):
+    """A node could not be started, reached or stopped; the message says what to do."""
+
+
+def free_port(avoid: tuple[int, ...] = ()) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid and port + 20000 <= 65535:
+            return port
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def port_accepts(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours is dead for our purposes.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+            return False
+    return True
+
+
+def find_rabbitmq_bin() -> Path:
+    """The directory with ``rabbitmq-server`` and ``rabbitmqctl``, or a BrokerError saying how to install."""
+    candidates = [Path(os.environ["PROJ_RABBITMQ_BIN"])] if os.environ.get("PROJ_RABBITMQ_BIN") else []
+    candidates += [Path(d) for d in RABBITMQ_BIN_DIRS]
+    for d in candidates:
+        if (d / "rabbitmq-server").exists():
+            return d
+    found = shutil.which("rabbitmq-server")
+    if found and Path(found).resolve().name == "rabbitmq-server":
+        return Path(found).resolve().parent
+    raise BrokerError(
+        "rabbitmq-server is not installed: run `sudo apt-get install -y rabbitmq-server` "
+        "(or set PROJ_RABBITMQ_BIN to the folder holding rabbitmq-server and rabbitmqctl)"
+    )
+
+
+@dataclasses.dataclass
+class Node:
+    """One RabbitMQ node whose files all live in ``data_dir``."""
+
+    data_dir: Path = Path(".rabbitmq")
+    port: int = 5672
+    management_port: int = 15672
+    node_name: str | None = None
+    dist_port: int | None = None
+    epmd_port: int | None = None
+    user: str = "guest"
+    password: str = "guest"
+    #: RabbitMQ's management statistics interval; short, so queue counts are fresh.
+    stats_interval_ms: int = 500
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).absolute()
+        if not self.node_name:
+            self.node_name = f"proj-{self.port}@localhost"
+        elif "@" not in self.node_name:
+            self.node_name = f"{self.node_name}@localhost"
+
+    # -- what a client needs --------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"amqp://{self.user}:{self.password}@127.0.0.1:{self.port}//"
+
+    @property
+    def management_url(self) -> str:
+        """The form Flower's ``broker_api`` takes."""
+        return f"http://{self.user}:{self.password}@127.0.0.1:{self.management_port}/api/"
+
+    # -- saved state, so stop/status/restart find the node of a data dir ------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / STATE_FILE
+
+    def _read_state(self) -> dict:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @classmethod
+    def from_data_dir(cls, data_dir: Path | str, **overrides) -> Node:
+        """The node last started in ``data_dir`` (its ports and name), with ``overrides`` applied."""
+        path = Path(data_dir).absolute() / STATE_FILE
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            state = {}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in state.get("node", {}).items() if k in fields}
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        kwargs["data_dir"] = Path(data_dir)
+        return cls(**kwargs)
+
+    def _write_state(self, **pids) -> None:
+        node = dataclasses.asdict(self)
+        node["data_dir"] = str(self.data_dir)
+        self.state_path.write_text(json.dumps({"node": node, **pids}, indent=2) + "\n")
+
+    # -- the environment RabbitMQ's scripts read ------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        d = self.data_dir
+        env = dict(os.environ)
+        # Keep a caller's Erlang and RabbitMQ settings out of our node.
+        for key in list(env):
+            if key.startswith(("RABBITMQ_", "ERL_")):
+                del env[key]
+        env.update(
+            {
+                # The Erlang cookie lives in $HOME/.erlang.cookie: keep it in the data dir.
+                "HOME": str(d),
+                "RABBITMQ_NODENAME": self.node_name,
+                "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+                "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+                "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+                "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(d / "log"),
+                "RABBITMQ_PID_FILE": str(d / "rabbitmq.pid"),
+                "RABBITMQ_PLUGINS_EXPAND_DIR": str(d / "plugins-expand"),
+                "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "ERL_EPMD_PORT": str(self.epmd_port),
+                "ERL_EPMD_ADDRESS": "127.0.0.1",
+                # Erlang distribution on loopback only.
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            }
+        )
+        return env
+
+    def _write_config(self) -> None:
+        d = self.data_dir
+        (d / "rabbitmq.conf").write_text(
+            "\n".join(
+                [
+                    "# Written by `proj broker`; rewritten at every start.",
+                    f"listeners.tcp.1 = 127.0.0.1:{self.port}",
+                    "management.tcp.ip = 127.0.0.1",
+                    f"management.tcp.port = {self.management_port}",
+                    f"collect_statistics_interval = {self.stats_interval_ms}",
+                    f"default_user = {self.user}",
+                    f"default_pass = {self.password}",
+                    "log.file.level = info",
+                    "",
+                ]
+            )
+        )
+        (d / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        (d / "rabbitmq-env.conf").write_text("# Intentionally empty: settings come from `proj broker`.\n")
+        if not (d / "advanced.config").exists():
+            (d / "advanced.config").write_text("[].\n")
+
+    def _choose_ports(self, state: dict) -> None:
+        """Distribution and epmd ports: kept from the last start of this data dir, else free ones."""
+        saved = state.get("node", {})
+        taken = (self.port, self.management_port)
+        if not self.dist_port:
+            wanted = saved.get("dist_port") or self.port + 20000
+            self.dist_port = wanted if wanted <= 65535 and port_is_free(wanted) else free_port(taken)
+        if not self.epmd_port:
+            wanted = saved.get("epmd_port")
+            self.epmd_port = wanted if wanted and port_is_free(wanted) else free_port(taken + (self.dist_port,))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def is_running(self) -> bool:
+        state = self._read_state()
+        return pid_alive(state.get("pid"))
+
+    def start(self, timeout: float = START_TIMEOUT) -> Node:
+        """Start the node in the background; return once it accepts AMQP connections."""
+        bin_dir = find_rabbitmq_bin()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        state = self._read_state()
+        if pid_alive(state.get("pid")):
+            raise BrokerError(
+                f"a node already runs from {self.data_dir} (pid {state['pid']}): "
+                f"`proj broker stop --data-dir {self.data_dir}` first"
+            )
+        for name, port in (("AMQP", self.port), ("management", self.management_port)):
+            if not port_is_free(port):
+                raise BrokerError(
+                    f"{name} port {port} on 127.0.0.1 is taken: stop what listens there or pick another "
+                    f"with --{'port' if name == 'AMQP' else 'management-port'}"
+                )
+        self._choose_ports(state)
+        self._write_config()
+        (self.data_dir / "log").mkdir(exist_ok=True)
+
+        epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+        env = self.env()
+        epmd_proc = _spawn([epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+                           env, self.data_dir, self.data_dir / "log" / "epmd.log")
+        server = _spawn([str(bin_dir / "rabbitmq-server")], env, self.data_dir, self.data_dir / "log" / "server.out")
+        self._write_state(pid=server.pid, pgid=server.pid, epmd_pid=epmd_proc.pid, started_at=time.time())
+        try:
+            self.wait_ready(timeout, process=server)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = START_TIMEOUT, process: subprocess.Popen | None = None) -> None:
+        """Wait until an AMQP client can log in and the management API answers."""
+        from kombu import Connection
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise BrokerError(
+                    f"rabbitmq-server exited with status {process.returncode} during start-up: "
+                    f"see {self.data_dir / 'log'}"
+                )
+            if port_accepts(self.port) and port_accepts(self.management_port):
+                try:
+                    with Connection(self.url, connect_timeout=2) as conn:
+                        conn.ensure_connection(max_retries=1)
+                    return
+                except Exception:  # not ready yet: the listener opens before boot completes
+                    pass
+            time.sleep(0.2)
+        raise BrokerError(f"RabbitMQ did not accept AMQP on 127.0.0.1:{self.port} within {timeout:.0f} s: "
+                          f"see {self.data_dir / 'log'}")
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
+        """Stop the node of this data dir (and its epmd). True if something was running."""
+        state = self._read_state()
+        pgid, epmd_pid = state.get("pgid"), state.get("epmd_pid")
+        was_running = pid_alive(state.get("pid"))
+        beam = _read_int(self.data_dir / "rabbitmq.pid")
+        # SIGTERM to the Erlang VM is a clean shutdown (queues and messages flushed to disk).
+        for pid in (beam, state.get("pid")):
+            if pid_alive(pid) and _in_group(pid, pgid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        _wait_gone(pgid, timeout)
+        if pgid and _group_alive(pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            _wait_gone(pgid, 5)
+        if pid_alive(epmd_pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(epmd_pid, signal.SIGTERM)
+            _wait_gone(epmd_pid, 5, group=False)
+        if state:
+            self._write_state()  # forget the pids, keep the ports and name for the next start
+        return was_running
+
+    def restart(self) -> Node:
+        """Stop and start again with the same data: durable queues and persistent messages survive."""
+        self.stop()
+        return self.start()
+
+    def kill(self) -> None:
+        """SIGKILL the node: a crash, not a shutdown (for fault tests)."""
+        state = self._read_state()
+        pgid = state.get("pgid")
+        if pgid and _group_alive(pgid):
+            os.killpg(pgid, signal.SIGKILL)
+            _wait_gone(pgid, 10)
+
+    def status(self) -> dict:
+        state = self._read_state()
+        running = pid_alive(state.get("pid"))
+        return {
+            "running": running,
+            "node_name": self.node_name,
+            "data_dir": str(self.data_dir),
+            "pid": _read_int(self.data_dir / "rabbitmq.pid") if running else None,
+            "port": self.port,
+            "management_port": self.management_port,
+            "amqp_accepting": running and port_accepts(self.port),
+            "management_accepting": running and port_accepts(self.management_port),
+            "url": self.url,
+            "management_url": self.management_url,
+        }
+
+    def rabbitmqctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run ``rabbitmqctl -n NODE ARGS`` against this node (the tutorial's inspection tool)."""
+        bin_dir = find_rabbitmq_bin()
+        return subprocess.run(
+            [str(bin_dir / "rabbitmqctl"), "-n", self.node_name, *args],
+            env=self.env(), cwd=self.data_dir, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def run_foreground(self) -> int:
+        """Start, then stay attached until SIGINT or SIGTERM, then stop cleanly (for the Procfile)."""
+        stopping = []
+
+        def on_signal(signum, frame):
+            stopping.append(signum)
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            from .console import say
+
+            say(f" [*] RabbitMQ {self.node_name} ready: CELERY_BROKER_URL={self.url}")
+            say(f" [*] management API: {self.management_url}")
+            while not stopping and self.is_running():
+                time.sleep(0.2)
+            if not stopping:
+                print(f"RabbitMQ node {self.node_name} exited by itself: see {self.data_dir / 'log'}")
+                return 1
+            return 0
+        finally:
+            self.stop()
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+
+#: The processes this Python process started, so their exit is reaped (no zombies) and seen.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def _spawn(argv: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    _CHILDREN[proc.pid] = proc
+    return proc
+
+
+def _reap() -> None:
+    for pid, proc in list(_CHILDREN.items()):
+        if proc.poll() is not None:
+            del _CHILDREN[pid]
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _in_group(pid: int, pgid: int | None) -> bool:
+    """Only signal processes we started (guards against a stale pid file reused by another process)."""
+    if not pgid:
+        return False
+    try:
+        return os.getpgid(pid) == pgid
+    except ProcessLookupError:
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Zombies still count for killpg; look for a live member.
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+def _wait_gone(pid: int | None, timeout: float, group: bool = True) -> None:
+    if not pid:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not (_group_alive(pid) if group else pid_alive(pid)):
+            return
+        _reap()
+        time.sleep(0.1)
+    _reap()

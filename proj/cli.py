@@ -1,0 +1,130 @@
+"""The ``proj`` command: thin click wrappers that parse, then call the modules that do the work."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import broker as broker_mod
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """RabbitMQ's work-queue tutorial as a Celery app."""
+
+
+# -- proj broker ---------------------------------------------------------------------------------
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".rabbitmq"), show_default=True,
+    help="Every file the node writes (data, logs, config, plugins) lives here.",
+)
+
+
+def node_options(f):
+    f = click.option("--node-name", default=None, help="Erlang node name (default proj-PORT@localhost).")(f)
+    f = click.option("--management-port", type=int, default=None, help="Management API/UI port [15672].")(f)
+    f = click.option("--port", type=int, default=None, help="AMQP port on 127.0.0.1 [5672].")(f)
+    return data_dir_option(f)
+
+
+def _node(data_dir: Path, port: int | None, management_port: int | None, node_name: str | None) -> broker_mod.Node:
+    """Settings given on the command line, else those of the node last started in the data dir, else defaults."""
+    return broker_mod.Node.from_data_dir(data_dir, port=port, management_port=management_port, node_name=node_name)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"proj: {message}", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+@cli.group()
+def broker() -> None:
+    """A private RabbitMQ node on 127.0.0.1, all its files in one data dir."""
+
+
+@broker.command()
+@node_options
+@click.option("--foreground", is_flag=True, help="Stay attached; stop the node on Ctrl+C or SIGTERM.")
+def start(data_dir, port, management_port, node_name, foreground) -> None:
+    """Start a node and return once it accepts AMQP connections."""
+    node = _node(data_dir, port, management_port, node_name)
+    try:
+        if foreground:
+            sys.exit(node.run_foreground())
+        node.start()
+    except broker_mod.BrokerError as exc:
+        _fail(str(exc))
+    _print_started(node)
+
+
+def _print_started(node: broker_mod.Node) -> None:
+    click.echo(f" [*] RabbitMQ node {node.node_name} running, data in {node.data_dir}")
+    click.echo(f"export CELERY_BROKER_URL={node.url}")
+    click.echo(f"export PROJ_MANAGEMENT_URL={node.management_url}")
+
+
+@broker.command()
+@data_dir_option
+def stop(data_dir) -> None:
+    """Stop the node of a data dir (its data stays)."""
+    node = broker_mod.Node.from_data_dir(data_dir)
+    if node.stop():
+        click.echo(f" [*] RabbitMQ node {node.node_name} stopped")
+    else:
+        click.echo(f" [*] no node was running from {node.data_dir}")
+
+
+@broker.command()
+@node_options
+def restart(data_dir, port, management_port, node_name) -> None:
+    """Stop and start the node, keeping its data: durable queues and persistent messages survive."""
+    node = _node(data_dir, port, management_port, node_name)
+    try:
+        node.restart()
+    except broker_mod.BrokerError as exc:
+        _fail(str(exc))
+    _print_started(node)
+
+
+@broker.command()
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(data_dir, as_json) -> None:
+    """Say whether the node of a data dir runs, and on which ports. Exit status 1 if it does not."""
+    node = broker_mod.Node.from_data_dir(data_dir)
+    info = node.status()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    elif info["running"]:
+        click.echo(f" [*] {info['node_name']} running (pid {info['pid']}): AMQP 127.0.0.1:{info['port']}, "
+                   f"management 127.0.0.1:{info['management_port']}, data in {info['data_dir']}")
+        click.echo(f"CELERY_BROKER_URL={info['url']}")
+        click.echo(f"PROJ_MANAGEMENT_URL={info['management_url']}")
+    else:
+        click.echo(f" [*] no node running from {info['data_dir']}")
+    sys.exit(EXIT_OK if info["running"] else EXIT_FAILED)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="proj", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return EXIT_FAILED
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

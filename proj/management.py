@@ -1,0 +1,130 @@
+"""RabbitMQ's management HTTP API: what the broker itself says about queues, channels and consumers.
+
+This is the tutorial's ``rabbitmqctl list_queues name messages_ready messages_unacknowledged``
+over HTTP. The API's base URL is the form Flower's ``broker_api`` takes
+(``http://guest:guest@127.0.0.1:15672/api/``): ``PROJ_MANAGEMENT_URL`` when set, otherwise
+derived from ``CELERY_BROKER_URL`` (same host, credentials and vhost, port 15672).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+
+DEFAULT_MANAGEMENT_PORT = 15672
+
+
+class ManagementError(RuntimeError):
+    """The management API could not be reached or refused the request."""
+
+
+def management_url_from_broker(broker_url: str) -> str:
+    """``amqp://u:p@host:5672/vhost`` -> ``http://u:p@host:15672/api/``."""
+    parts = urllib.parse.urlsplit(broker_url)
+    user = urllib.parse.unquote(parts.username or "guest")
+    password = urllib.parse.unquote(parts.password or "guest")
+    host = parts.hostname or "localhost"
+    creds = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}"
+    return f"http://{creds}@{host}:{DEFAULT_MANAGEMENT_PORT}/api/"
+
+
+def vhost_from_broker(broker_url: str) -> str:
+    path = urllib.parse.urlsplit(broker_url).path
+    vhost = urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
+    return vhost or "/"
+
+
+def configured_management_url(broker_url: str | None = None) -> str:
+    if os.environ.get("PROJ_MANAGEMENT_URL"):
+        return os.environ["PROJ_MANAGEMENT_URL"]
+    if broker_url is None:
+        from .celery import app
+
+        broker_url = app.conf.broker_url
+    return management_url_from_broker(broker_url.split(";")[0])
+
+
+def hide_password(url: str) -> str:
+    """The URL with its password replaced by ``***``, for messages people see."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+class Management:
+    """A small client for the handful of management endpoints this project reads."""
+
+    def __init__(self, url: str, vhost: str = "/", timeout: float = 5.0):
+        parts = urllib.parse.urlsplit(url)
+        self.user = urllib.parse.unquote(parts.username or "guest")
+        self.password = urllib.parse.unquote(parts.password or "guest")
+        port = f":{parts.port}" if parts.port else ""
+        path = parts.path if parts.path.endswith("/") else parts.path + "/"
+        self.base = f"{parts.scheme}://{parts.hostname}{port}{path}"
+        self.vhost = vhost
+        self.timeout = timeout
+
+    @classmethod
+    def for_broker(cls, broker_url: str | None = None) -> Management:
+        if broker_url is None:
+            from .celery import app
+
+            broker_url = app.conf.broker_url
+        return cls(configured_management_url(broker_url), vhost_from_broker(broker_url.split(";")[0]))
+
+    def __repr__(self) -> str:
+        return f"Management({self.base!r}, vhost={self.vhost!r})"
+
+    def request(self, method: str, path: str, body: object | None = None) -> object:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                payload = resp.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404 and method == "GET":
+                return None
+            raise ManagementError(f"{method} {self.base}{path}: HTTP {exc.code} {exc.reason}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ManagementError(f"cannot reach the management API at {self.base}: {reason}") from exc
+        return json.loads(payload) if payload else None
+
+    def _vh(self) -> str:
+        return urllib.parse.quote(self.vhost, safe="")
+
+    def queue(self, name: str) -> dict | None:
+        return self.request("GET", f"queues/{self._vh()}/{urllib.parse.quote(name, safe='')}")
+
+    def queues(self) -> list[dict]:
+        return self.request("GET", f"queues/{self._vh()}") or []
+
+    def channels(self) -> list[dict]:
+        return [c for c in self.request("GET", "channels") or [] if c.get("vhost") == self.vhost]
+
+    def consumers(self) -> list[dict]:
+        return self.request("GET", f"consumers/{self._vh()}") or []
+
+    def delete_queue(self, name: str) -> None:
+        try:
+            self.request("DELETE", f"queues/{self._vh()}/{urllib.parse.quote(name, safe='')}")
+        except ManagementError as exc:
+            if "HTTP 404" not in str(exc):
+                raise
+
+    def counts(self, name: str) -> tuple[int, int] | None:
+        """(messages_ready, messages_unacknowledged) of a queue, or None if it does not exist."""
+        q = self.queue(name)
+        if q is None:
+            return None
+        return int(q.get("messages_ready", 0) or 0), int(q.get("messages_unacknowledged", 0) or 0)

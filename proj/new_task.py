@@ -1,0 +1,82 @@
+"""The tutorial's ``new_task.py``: publish one task to ``task_queue``.
+
+Usage::
+
+    new-task First message.          # or: python -m proj.new_task First message.
+     [x] Sent 'First message.'
+
+The message is the arguments joined by spaces, or ``Hello World!``. The publish is persistent and
+confirmed by the broker before ` [x] Sent` is printed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_OK = 0
+EXIT_BROKER = 1
+
+#: Give up on an unreachable broker well within 10 seconds.
+CONNECT_TIMEOUT = 3.0
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.3, "interval_max": 0.5}
+
+
+def describe_broker_error(exc: BaseException) -> str:
+    """What failed, in a few words, for an error raised while connecting or publishing."""
+    import socket
+
+    from amqp import exceptions as amqp_exc
+
+    while isinstance(exc.__cause__ or exc.__context__, BaseException) and not isinstance(
+        exc, (amqp_exc.AMQPError, OSError)
+    ):
+        exc = exc.__cause__ or exc.__context__
+    if isinstance(exc, amqp_exc.AccessRefused) or "ACCESS_REFUSED" in str(exc):
+        return "login refused: check the user name and password in CELERY_BROKER_URL"
+    if isinstance(exc, amqp_exc.PreconditionFailed) or "PRECONDITION_FAILED" in str(exc):
+        return f"the broker refused the queue declaration: {exc.reply_text if hasattr(exc, 'reply_text') else exc}"
+    if isinstance(exc, amqp_exc.NotAllowed) or "NOT_ALLOWED" in str(exc):
+        return f"the broker refused the virtual host: {exc}; check the vhost in CELERY_BROKER_URL"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: is RabbitMQ running there? (`proj broker start` runs one)"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out: is the host and port in CELERY_BROKER_URL right?"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def publish(message: str):
+    """Publish ``message`` as ``proj.tasks.work``; return the AsyncResult. Raises on broker errors."""
+    from .celery import app
+    from .tasks import work
+
+    conn = app.connection_for_write(connect_timeout=CONNECT_TIMEOUT)
+    with conn:
+        conn.ensure_connection(max_retries=1, interval_start=0.2, timeout=CONNECT_TIMEOUT)
+        return work.apply_async(
+            args=[message], connection=conn, ignore_result=True,
+            retry=True, retry_policy=PUBLISH_RETRY_POLICY,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    message = " ".join(args) or "Hello World!"
+
+    from .celery import app
+    from .console import say
+    from .management import hide_password
+
+    try:
+        publish(message)
+    except Exception as exc:  # any broker failure gets one line, never a traceback
+        broker = hide_password(app.conf.broker_url)
+        print(f"new-task: could not publish to {broker}: {describe_broker_error(exc)}", file=sys.stderr)
+        return EXIT_BROKER
+    say(f" [x] Sent {message!r}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
