@@ -83,9 +83,17 @@ def pid_alive(pid: int | None) -> bool:
 
 def find_rabbitmq_bin() -> Path:
     """The directory with ``rabbitmq-server`` and ``rabbitmqctl``, or a BrokerError saying how to install."""
-    candidates = [Path(os.environ["PROJ_RABBITMQ_BIN"])] if os.environ.get("PROJ_RABBITMQ_BIN") else []
-    candidates += [Path(d) for d in RABBITMQ_BIN_DIRS]
-    for d in candidates:
+    if os.environ.get("PROJ_RABBITMQ_BIN"):
+        # An explicit choice is the only place we look: falling back to the system's scripts
+        # would silently run another RabbitMQ than the one asked for.
+        chosen = Path(os.environ["PROJ_RABBITMQ_BIN"])
+        if (chosen / "rabbitmq-server").exists():
+            return chosen
+        raise BrokerError(
+            f"rabbitmq-server is not in PROJ_RABBITMQ_BIN={chosen}: point it at the folder holding "
+            "rabbitmq-server and rabbitmqctl, or unset it and run `sudo apt-get install -y rabbitmq-server`"
+        )
+    for d in (Path(d) for d in RABBITMQ_BIN_DIRS):
         if (d / "rabbitmq-server").exists():
             return d
     found = shutil.which("rabbitmq-server")
@@ -253,8 +261,12 @@ class Node:
 
         epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
         env = self.env()
-        epmd_proc = _spawn([epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
-                           env, self.data_dir, self.data_dir / "log" / "epmd.log")
+        epmd_proc = _spawn(
+            [epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+            env,
+            self.data_dir,
+            self.data_dir / "log" / "epmd.log",
+        )
         server = _spawn([str(bin_dir / "rabbitmq-server")], env, self.data_dir, self.data_dir / "log" / "server.out")
         self._write_state(pid=server.pid, pgid=server.pid, epmd_pid=epmd_proc.pid, started_at=time.time())
         try:
@@ -283,8 +295,9 @@ class Node:
                 except Exception:  # not ready yet: the listener opens before boot completes
                     pass
             time.sleep(0.2)
-        raise BrokerError(f"RabbitMQ did not accept AMQP on 127.0.0.1:{self.port} within {timeout:.0f} s: "
-                          f"see {self.data_dir / 'log'}")
+        raise BrokerError(
+            f"RabbitMQ did not accept AMQP on 127.0.0.1:{self.port} within {timeout:.0f} s: see {self.data_dir / 'log'}"
+        )
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
         """Stop the node of this data dir (and its epmd). True if something was running."""
@@ -297,15 +310,18 @@ class Node:
             if pid_alive(pid) and _in_group(pid, pgid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
+        # The node needs epmd only to be found by CLI tools and peers, not to shut down: ending it
+        # now means a caller killed mid-stop (honcho's 5 s grace) leaves nothing behind, since the
+        # VM finishes its shutdown on its own.
+        if pid_alive(epmd_pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(epmd_pid, signal.SIGTERM)
         _wait_gone(pgid, timeout)
         if pgid and _group_alive(pgid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             _wait_gone(pgid, 5)
-        if pid_alive(epmd_pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(epmd_pid, signal.SIGTERM)
-            _wait_gone(epmd_pid, 5, group=False)
+        _wait_gone(epmd_pid, 5, group=False)
         if state:
             self._write_state()  # forget the pids, keep the ports and name for the next start
         return was_running
@@ -344,7 +360,11 @@ class Node:
         bin_dir = find_rabbitmq_bin()
         return subprocess.run(
             [str(bin_dir / "rabbitmqctl"), "-n", self.node_name, *args],
-            env=self.env(), cwd=self.data_dir, capture_output=True, text=True, timeout=timeout,
+            env=self.env(),
+            cwd=self.data_dir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def run_foreground(self) -> int:
@@ -379,8 +399,15 @@ _CHILDREN: dict[int, subprocess.Popen] = {}
 
 def _spawn(argv: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     _CHILDREN[proc.pid] = proc
     return proc
 

@@ -22,7 +22,10 @@ def cli() -> None:
 # -- proj broker ---------------------------------------------------------------------------------
 
 data_dir_option = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".rabbitmq"), show_default=True,
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".rabbitmq"),
+    show_default=True,
     help="Every file the node writes (data, logs, config, plugins) lives here.",
 )
 
@@ -103,8 +106,10 @@ def status(data_dir, as_json) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
     elif info["running"]:
-        click.echo(f" [*] {info['node_name']} running (pid {info['pid']}): AMQP 127.0.0.1:{info['port']}, "
-                   f"management 127.0.0.1:{info['management_port']}, data in {info['data_dir']}")
+        click.echo(
+            f" [*] {info['node_name']} running (pid {info['pid']}): AMQP 127.0.0.1:{info['port']}, "
+            f"management 127.0.0.1:{info['management_port']}, data in {info['data_dir']}"
+        )
         click.echo(f"CELERY_BROKER_URL={info['url']}")
         click.echo(f"PROJ_MANAGEMENT_URL={info['management_url']}")
     else:

@@ -34,9 +34,7 @@ broker_connection_retry_on_startup = True
 # The tutorial publishes to the default exchange ('') with routing key 'task_queue' and declares
 # the queue durable, so it survives a broker restart. Producers and workers both declare it.
 # Docs: configuration.html#task-queues
-task_queues = (
-    Queue(QUEUE_NAME, Exchange("", type="direct"), routing_key=QUEUE_NAME, durable=True),
-)
+task_queues = (Queue(QUEUE_NAME, Exchange("", type="direct"), routing_key=QUEUE_NAME, durable=True),)
 task_default_queue = QUEUE_NAME
 task_default_exchange = ""
 task_default_routing_key = QUEUE_NAME

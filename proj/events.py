@@ -111,7 +111,8 @@ class EventRecorder:
                     self._receiver.should_stop = self._stop
                     # The receiver declares its queue when it starts consuming.
                     self._receiver.consumer_context = _announce(self._receiver.consumer_context, self._ready)
-                    self._receiver.run()  # reconnects on connection errors until should_stop
+                    # wakeup=False: the wake-up broadcast would go to the app's default broker, not ours.
+                    self._receiver.run(wakeup=False)  # reconnects on connection errors until should_stop
             except Exception:  # broker down longer than the receiver's own retries: try again
                 if not self._stop:
                     time.sleep(0.5)

@@ -55,8 +55,11 @@ def publish(message: str):
     with conn:
         conn.ensure_connection(max_retries=1, interval_start=0.2, timeout=CONNECT_TIMEOUT)
         return work.apply_async(
-            args=[message], connection=conn, ignore_result=True,
-            retry=True, retry_policy=PUBLISH_RETRY_POLICY,
+            args=[message],
+            connection=conn,
+            ignore_result=True,
+            retry=True,
+            retry_policy=PUBLISH_RETRY_POLICY,
         )
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 
-from celery import Task
+from celery import Task, shared_task
 
 from . import config
-from .celery import app
 from .console import say
 
 
@@ -29,7 +28,8 @@ def check_message(message: object) -> str:
     return message
 
 
-@app.task(base=MessageTask, bind=True, name="proj.tasks.work")
+# shared_task: registered on every app, proj's and the in-process test apps alike.
+@shared_task(base=MessageTask, bind=True, name="proj.tasks.work")
 def work(self, message: str) -> int:
     """Sleep one unit per '.' in ``message`` and return the number of dots."""
     # A bad message that reached us anyway (another producer) fails once and is acked: a

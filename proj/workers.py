@@ -34,7 +34,7 @@ class WorkerProcess:
         broker_url: str,
         log_dir: Path,
         *,
-        concurrency: int = 1,
+        concurrency: int | None = 1,
         prefetch_multiplier: int | None = None,
         seconds_per_dot: float | None = None,
         extra_args: tuple[str, ...] = (),
@@ -46,9 +46,21 @@ class WorkerProcess:
         self.broker_url = broker_url
         self.log_path = Path(log_dir) / f"{name}.log"
         self.argv = [
-            sys.executable, "-m", "celery", "-A", "proj", "worker",
-            "-n", f"{name}@%h", "-c", str(concurrency), "-l", loglevel, "--without-mingle", "--without-gossip",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "proj",
+            "worker",
+            "-n",
+            f"{name}@%h",
+            "-l",
+            loglevel,
+            "--without-mingle",
+            "--without-gossip",
         ]
+        if concurrency is not None:  # None: the config's default, as a plain `celery -A proj worker`
+            self.argv += ["-c", str(concurrency)]
         self.argv += list(extra_args)
         self.env = dict(os.environ)
         self.env.update(env or {})
@@ -65,8 +77,13 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                self.argv, cwd=REPO_ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                self.argv,
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         return self
 
@@ -96,8 +113,10 @@ class WorkerProcess:
             if self.log().count(text) >= count:
                 return
             if not self.alive():
-                raise RuntimeError(f"worker {self.name} exited ({self.proc.returncode}) before printing "
-                                   f"{text!r}:\n{self.log()[-3000:]}")
+                raise RuntimeError(
+                    f"worker {self.name} exited ({self.proc.returncode}) before printing "
+                    f"{text!r}:\n{self.log()[-3000:]}"
+                )
             time.sleep(0.05)
         raise TimeoutError(f"worker {self.name} did not print {text!r} within {timeout} s:\n{self.log()[-3000:]}")
 

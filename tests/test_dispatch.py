@@ -22,8 +22,9 @@ def start_pair(start_worker, url: str, **options):
     return workers
 
 
-def test_round_robin_gives_one_worker_the_odd_messages_and_the_other_the_even(fresh_queue, mgmt, start_worker,
-                                                                            recorder):
+def test_round_robin_gives_one_worker_the_odd_messages_and_the_other_the_even(
+    fresh_queue, mgmt, start_worker, recorder
+):
     # Given two workers consuming with unlimited prefetch, the tutorial's first mode
     start_pair(start_worker, fresh_queue.url, prefetch_multiplier=0)
     wait_until(lambda: len(consumers_on_task_queue(mgmt)) == 2, what="two consumers on task_queue")
@@ -133,8 +134,9 @@ def test_fair_dispatch_never_hands_a_busy_worker_a_second_message(fresh_queue, m
     assert makespan(recorder) <= 1.10 * bound, f"makespan {makespan(recorder):.2f} s vs lower bound {bound:.2f} s"
 
 
-def test_unlimited_prefetch_gives_one_worker_every_heavy_message_and_is_slower(fresh_queue, mgmt, start_worker,
-                                                                              recorder_for):
+def test_unlimited_prefetch_gives_one_worker_every_heavy_message_and_is_slower(
+    fresh_queue, mgmt, start_worker, recorder_for
+):
     # Given the same workload on two workers with unlimited prefetch (round-robin dispatch)
     recorder, sampler = run_workload(fresh_queue, mgmt, start_worker, recorder_for, prefetch_multiplier=0)
 

@@ -1,0 +1,27 @@
+# The work-queue app: one image for the workers and Flower (docker-compose.yml picks the command).
+#
+#   docker build -t proj .
+#   docker run --rm -e CELERY_BROKER_URL=amqp://guest:guest@HOST:5672// proj
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# A worker runs tasks it is handed: never as root.
+RUN useradd --create-home --uid 10001 --user-group proj
+
+WORKDIR /src
+# Only what the wheel needs (pyproject names README.md as the readme), so editing tests or
+# compose files does not rebuild this layer.
+COPY pyproject.toml README.md ./
+COPY proj ./proj
+RUN pip install .
+
+USER proj
+WORKDIR /home/proj
+
+# One tutorial worker; SIGTERM (docker stop) is Celery's warm shutdown: finish the task, ack, exit.
+STOPSIGNAL SIGTERM
+CMD ["celery", "-A", "proj", "worker", "-n", "worker@%h", "-l", "INFO"]

@@ -1,0 +1,125 @@
+"""Fast in-process tests of the task and the configuration.
+
+They use the ``celery_app`` fixture that pytest-celery's plugin registers and Celery's embedded
+test worker (``celery_worker`` from ``celery.contrib.pytest``: pytest-celery's own needs Docker),
+on Celery's in-memory transport. Every claim about the broker is proven elsewhere, on RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+from celery.contrib.pytest import celery_worker  # noqa: F401  (the embedded worker, no Docker)
+
+from proj import config
+from proj.celery import app as proj_app
+from proj.tasks import work
+
+#: The project's settings, exactly as proj.config states them.
+SETTINGS = {k: v for k, v in vars(config).items() if k.islower() and not k.startswith("_")}
+
+
+@pytest.fixture(scope="session")
+def celery_config():
+    # The project's settings on the in-memory transport.
+    return {**SETTINGS, "broker_url": "memory://", "result_backend": "cache+memory://", "broker_transport_options": {}}
+
+
+@pytest.fixture(scope="session")
+def celery_includes():
+    return ["proj.tasks"]
+
+
+@pytest.fixture(autouse=True)
+def fast_dots(monkeypatch):
+    monkeypatch.setattr(config, "SECONDS_PER_DOT", 0.01)
+
+
+def test_work_returns_the_number_of_dots(celery_app, celery_worker):  # noqa: F811
+    # Given the embedded worker, When the tutorial's message is sent, Then its dots come back
+    assert work.delay("Hello...").get(timeout=10) == 3
+    assert work.delay("Hello World!").get(timeout=10) == 0
+
+
+def test_work_sleeps_one_unit_per_dot(monkeypatch):
+    # Given the time unit, When the task runs in-process, Then it sleeps dots x unit
+    slept = []
+    monkeypatch.setattr("proj.tasks.time.sleep", slept.append)
+    assert work.run("Fifth message.....") == 5
+    assert slept == [5 * 0.01]
+
+
+def test_work_prints_the_tutorial_lines(capfd):
+    # When the task runs, Then it speaks like worker.py
+    work.run("First message.")
+    assert capfd.readouterr().out.splitlines() == [" [x] Received 'First message.'", " [x] Done"]
+
+
+@pytest.mark.parametrize("bad", [5, None, b"Hello...", ["a."], {"m": "."}])
+def test_non_string_message_is_refused_at_the_producer_before_publishing(bad, monkeypatch):
+    # Given a producer that would record any publish
+    published = []
+    monkeypatch.setattr(proj_app, "send_task", lambda *a, **kw: published.append(a))
+
+    # When .delay() or .apply_async() is called with something that is not a str
+    # Then a clear TypeError is raised, and nothing was published
+    with pytest.raises(TypeError, match="takes the message as a str"):
+        work.delay(bad)
+    with pytest.raises(TypeError, match="takes the message as a str"):
+        work.apply_async(args=[bad])
+    with pytest.raises(TypeError, match="takes the message as a str"):
+        work.apply_async(kwargs={"message": bad})
+    assert published == []
+
+
+def test_non_string_message_fails_in_the_task_itself():
+    with pytest.raises(TypeError, match="got int"):
+        work.run(5)
+
+
+# Each setting that implements a tutorial behaviour, as the app actually sees it.
+EXPECTED = {
+    "task_acks_late": True,  # acknowledgment after the work
+    "task_reject_on_worker_lost": True,  # a killed pool child's message is requeued, not acked
+    "worker_prefetch_multiplier": 1,  # fair dispatch: prefetch_count=1
+    "worker_concurrency": 1,  # one `celery -A proj worker` is one worker.py
+    "task_default_delivery_mode": "persistent",  # delivery_mode=2
+    "broker_transport_options": {"confirm_publish": True},  # publisher confirms
+    "worker_cancel_long_running_tasks_on_connection_loss": True,
+    "broker_connection_retry_on_startup": True,
+    "accept_content": ["json"],
+    "task_serializer": "json",
+    "worker_send_task_events": True,
+    "task_send_sent_event": True,
+    "result_backend": "rpc://",
+    "task_default_queue": "task_queue",
+}
+
+
+@pytest.mark.parametrize(("name", "value"), EXPECTED.items(), ids=list(EXPECTED))
+def test_setting_holds_in_the_app(name, value):
+    assert proj_app.conf[name] == value
+
+
+def test_task_queue_is_durable_on_the_default_exchange():
+    (queue,) = proj_app.conf.task_queues
+    assert (queue.name, queue.durable, queue.auto_delete, queue.exclusive) == ("task_queue", True, False, False)
+    assert (queue.exchange.name, queue.routing_key) == ("", "task_queue")
+
+
+def test_every_setting_has_a_comment_naming_its_reason():
+    # Each setting in proj/config.py (or each run of settings that go together) sits under a comment.
+    source = open(config.__file__).read()
+    lines = source.splitlines()
+    settings = [
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id.islower() for t in node.targets)
+    ]
+    setting_lines = {n for node in settings for n in range(node.lineno, node.end_lineno + 1)}
+    for node in settings:
+        above = node.lineno - 1
+        while above in setting_lines:
+            above -= 1
+        assert lines[above - 1].startswith("#"), f"proj/config.py:{node.lineno} has no comment above it"

@@ -1,0 +1,115 @@
+"""`celery -A proj worker` as the tutorial's worker.py, checked on a real broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import TIMEOUT, publish, queue_depth, wait_until
+from kombu import Connection
+
+from proj import config
+from proj.celery import app
+from proj.tasks import work
+from proj.workers import READY_LINE, REPO_ROOT
+
+
+def test_default_worker_is_one_process_holding_at_most_one_message(fresh_queue, mgmt, start_worker):
+    # Given `celery -A proj worker` started with no -c and no prefetch option
+    worker = start_worker("plain", fresh_queue.url, concurrency=None)
+
+    # Then it runs one pool process, and the broker sees one consumer with prefetch 1 that acks
+    assert len(worker.children()) == 1
+    (consumer,) = wait_until(
+        lambda: [c for c in mgmt.consumers() if c["queue"]["name"] == config.QUEUE_NAME], what="the consumer"
+    )
+    assert consumer["ack_required"] is True
+    channel = next(ch for ch in mgmt.channels() if ch["name"] == consumer["channel_details"]["name"])
+    assert (consumer["prefetch_count"] or channel["global_prefetch_count"]) == 1
+
+
+def test_worker_speaks_the_tutorial_and_starts_without_deprecation_warnings(fresh_queue, start_worker):
+    # Given a worker, When it starts and runs the tutorial's first message
+    worker = start_worker("w1", fresh_queue.url)
+    publish(fresh_queue.url, ["First message."])
+    worker.wait_for_line(" [x] Done", TIMEOUT)
+
+    # Then its output reads like worker.py's
+    lines = worker.log().splitlines()
+    tutorial = [line for line in lines if line.startswith(" [")]
+    assert tutorial == [READY_LINE, " [x] Received 'First message.'", " [x] Done"]
+    # And Celery warned about nothing deprecated or pending deprecation
+    assert not [line for line in lines if "Deprecat" in line], worker.log()
+
+
+def test_queue_is_durable_and_the_message_persistent_and_the_publish_confirmed(fresh_queue, mgmt):
+    # When a task is sent with .delay() from this process
+    work.delay("Persistent.")
+
+    # Then task_queue is durable, bound to the default exchange as in the tutorial
+    queue = mgmt.queue(config.QUEUE_NAME)
+    assert queue["durable"] is True and queue["auto_delete"] is False and not queue["exclusive"]
+    # And the message is persistent (delivery_mode 2)
+    with Connection(fresh_queue.url) as conn:
+        message = conn.default_channel.basic_get(config.QUEUE_NAME, no_ack=True)
+    assert message.properties["delivery_mode"] == 2
+    assert message.headers["task"] == "proj.tasks.work"
+    assert json.loads(message.body)[0] == ["Persistent."]
+    # And the producer's channel is in confirm mode (publisher confirms)
+    channels = wait_until(lambda: [ch for ch in mgmt.channels() if ch.get("confirm")], what="a confirm-mode channel")
+    assert channels
+
+
+def test_delay_returns_a_result_that_can_be_fetched(fresh_queue, start_worker):
+    # Given a worker
+    start_worker("w1", fresh_queue.url)
+
+    # When a task is sent with .delay()
+    result = work.delay("Hello...")
+
+    # Then its result comes back over RabbitMQ itself (rpc:// backend)
+    assert result.get(timeout=TIMEOUT) == 3
+
+
+def test_task_events_show_every_task_for_flower(fresh_queue, start_worker, recorder):
+    # Given a worker, When a task is sent
+    start_worker("w1", fresh_queue.url)
+    (task_id,) = publish(fresh_queue.url, ["Seen.."])
+
+    # Then the event stream has it sent, received, started and succeeded
+    recorder.wait_for(lambda r: task_id in r.tasks and r.tasks[task_id].succeeded, TIMEOUT, "task-succeeded")
+    task = recorder.tasks[task_id]
+    assert task.sent and task.received and task.started
+    assert task.message == "Seen.."
+
+
+def test_non_string_message_that_reaches_a_worker_fails_once_and_is_not_redelivered(
+    fresh_queue, mgmt, start_worker, recorder
+):
+    # Given a worker, and a message with an int argument sent around the producer-side check
+    worker = start_worker("w1", fresh_queue.url)
+    with Connection(fresh_queue.url) as conn:
+        task_id = app.send_task("proj.tasks.work", args=[5], connection=conn, ignore_result=True).id
+
+    # Then the task fails once, with a clear message, and the message is gone (acked, not requeued)
+    recorder.wait_for(lambda r: task_id in r.tasks and r.tasks[task_id].failed, TIMEOUT, "task-failed")
+    task = recorder.tasks[task_id]
+    assert len(task.failed) == 1 and len(task.received) == 1
+    assert "takes the message as a str, got int" in task.failed[0][2]
+    wait_until(
+        lambda: queue_depth(fresh_queue.url) == 0 and mgmt.counts(config.QUEUE_NAME)[1] == 0,
+        what="nothing ready or unacked",
+    )
+    # And the worker runs the next task normally
+    publish(fresh_queue.url, ["Next."])
+    recorder.wait_for(lambda r: r.succeeded_count() == 1, TIMEOUT, "next task succeeded")
+    assert worker.alive()
+
+
+def test_worker_imports_cleanly_with_warnings_as_errors():
+    # The app and its config import with every warning turned into an error
+    code = "import proj, proj.tasks, proj.worker; print(proj.app.conf.task_acks_late)"
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
