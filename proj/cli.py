@@ -117,6 +117,19 @@ def status(data_dir, as_json) -> None:
     sys.exit(EXIT_OK if info["running"] else EXIT_FAILED)
 
 
+# -- proj demo -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--seconds-per-dot", type=float, default=0.2, show_default=True, help="Work time of one '.'.")
+@click.option("--workers", type=click.IntRange(1, 8), default=2, show_default=True)
+def demo(seconds_per_dot, workers) -> None:
+    """Private broker, two workers, the tutorial's five messages: who got which."""
+    from .demo import run
+
+    sys.exit(run(seconds_per_dot=seconds_per_dot, workers=workers))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="proj", standalone_mode=False)
