@@ -55,6 +55,19 @@ ensure_venv() {
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
 }
 
+# What only the tests need: a real browser for Flower's pages (Playwright drives Debian's
+# chromium; Playwright's own browser download is not used) and a real compose implementation
+# to check docker-compose.yml without a Docker engine.
+ensure_test_tools() {
+  local missing=()
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]} with apt-get"
+    apt_install "${missing[@]}"
+  fi
+}
+
 setup() {
   ensure_rabbitmq
   ensure_venv
@@ -71,6 +84,7 @@ case "${1:-}" in
     ;;
   test)
     setup
+    ensure_test_tools
     shift
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .

@@ -14,7 +14,43 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Commands that live in their own modules, imported only when used ("module:attribute").
+#: A module that is not there (yet) is left out of the command list.
+LAZY_COMMANDS = {
+    "lab": "proj.lab.cli:lab",
+    "queues": "proj.queues:queues",
+    "bench": "proj.bench.cli:bench",
+    "dead": "proj.dead:dead",
+    "chaos": "proj.chaos.cli:chaos",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when that subcommand runs."""
+
+    def _lazy(self, name: str) -> click.Command | None:
+        import importlib
+
+        module_name, attr = LAZY_COMMANDS[name].split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                return None
+            raise
+        return getattr(module, attr)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        lazy = [name for name in LAZY_COMMANDS if self._lazy(name) is not None]
+        return sorted(set(super().list_commands(ctx)) | set(lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands or name not in LAZY_COMMANDS:
+            return super().get_command(ctx, name)
+        return self._lazy(name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """RabbitMQ's work-queue tutorial as a Celery app."""
 
