@@ -11,13 +11,49 @@ from __future__ import annotations
 
 import os
 
-from kombu import Exchange, Queue
+from . import topology
+
+
+def _env(name: str, default: str, kind=str, choices: tuple[str, ...] = ()):
+    """An environment setting, or one clear line and exit status 1 when it is malformed."""
+    raw = os.environ.get(name, default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SystemExit(f"proj: {name}={raw!r} is not a valid {kind.__name__}: fix or unset it") from None
+    if choices and value not in choices:
+        raise SystemExit(f"proj: {name}={raw!r} must be one of {', '.join(choices)}")
+    if kind in (int, float) and value < 0:
+        raise SystemExit(f"proj: {name}={raw!r} must not be negative")
+    return value
+
 
 #: The work queue's name, as in the tutorial's ``queue_declare(queue='task_queue', durable=True)``.
-QUEUE_NAME = "task_queue"
+QUEUE_NAME = topology.QUEUE_NAME
+DEAD_QUEUE_NAME = topology.DEAD_QUEUE_NAME
 
 #: Seconds of work per '.' in a message (the tutorial sleeps one second per dot).
-SECONDS_PER_DOT = float(os.environ.get("PROJ_SECONDS_PER_DOT", "1.0"))
+SECONDS_PER_DOT = _env("PROJ_SECONDS_PER_DOT", "1.0", float)
+
+#: ``classic`` (durable, the seed tutorial's queue) or ``quorum`` (the current upstream tutorial's).
+QUEUE_TYPE = _env("PROJ_QUEUE_TYPE", "classic", str, topology.QUEUE_TYPES)
+
+#: A message delivered this many times without being acked (its task kills the worker every
+#: time) is dead-lettered instead of being delivered again.
+MAX_DELIVERIES = max(1, _env("PROJ_MAX_DELIVERIES", "5", int))
+
+#: A publish that the broker has not confirmed within this many seconds fails.
+PUBLISH_TIMEOUT = _env("PROJ_PUBLISH_TIMEOUT", "10", float)
+
+#: Messages larger than this are refused at the producer (RabbitMQ is no blob store).
+MAX_MESSAGE_BYTES = _env("PROJ_MAX_MESSAGE_BYTES", str(1024 * 1024), int)
+
+#: Seconds a task may run before its pool process is killed and the task fails (not retried).
+TASK_TIME_LIMIT = _env("PROJ_TASK_TIME_LIMIT", "1500", float)
+
+#: RabbitMQ's consumer_timeout in seconds (its default: 30 minutes). A consumer holding an unacked
+#: message longer than that has its channel closed and the message redelivered while it still runs.
+BROKER_CONSUMER_TIMEOUT = _env("PROJ_BROKER_CONSUMER_TIMEOUT", "1800", float)
 
 # -- Where the broker is --------------------------------------------------------------------------
 
@@ -29,12 +65,19 @@ broker_url = "amqp://guest:guest@localhost:5672//"
 # Docs: configuration.html#broker-connection-retry-on-startup
 broker_connection_retry_on_startup = True
 
+# Publisher confirms bound in time: a producer facing a dead broker fails within PUBLISH_TIMEOUT
+# (three connection attempts and two short pauses) instead of hanging; "we don't want to lose any
+# task" means the caller must know. Docs: configuration.html#broker-connection-timeout
+broker_connection_timeout = PUBLISH_TIMEOUT / 4
+task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
+
 # -- Durability: "durable queue and persistent messages" -----------------------------------------
 
 # The tutorial publishes to the default exchange ('') with routing key 'task_queue' and declares
-# the queue durable, so it survives a broker restart. Producers and workers both declare it.
+# the queue durable, so it survives a broker restart. Producers and workers both declare it, and
+# with it task_queue.dead, where every message a worker cannot run ends up (never deleted).
 # Docs: configuration.html#task-queues
-task_queues = (Queue(QUEUE_NAME, Exchange("", type="direct"), routing_key=QUEUE_NAME, durable=True),)
+task_queues = (topology.work_queue(QUEUE_TYPE),)
 task_default_queue = QUEUE_NAME
 task_default_exchange = ""
 task_default_routing_key = QUEUE_NAME
@@ -60,6 +103,16 @@ task_acks_late = True
 # Docs: configuration.html#task-reject-on-worker-lost
 task_reject_on_worker_lost = True
 
+# The worker's message intake (proj/consumer.py): runs the tutorial's plain-text messages,
+# dead-letters what it cannot run instead of deleting it, and bounds redeliveries of a task that
+# kills its worker every time (PROJ_MAX_DELIVERIES). Docs: configuration.html#worker-consumer
+worker_consumer = "proj.consumer:Consumer"
+
+# A task running past this fails (TimeLimitExceeded) and is acked: no redelivery loop. It must stay
+# below the broker's consumer_timeout (checked at worker start by proj/worker.py).
+# Docs: configuration.html#task-time-limit
+task_time_limit = TASK_TIME_LIMIT
+
 # When the connection drops, running acks_late tasks are cancelled: the broker has already put
 # their messages back for another worker, so finishing them here would only run them twice.
 # Docs: configuration.html#worker-cancel-long-running-tasks-on-connection-loss
@@ -69,11 +122,11 @@ worker_cancel_long_running_tasks_on_connection_loss = True
 
 # basic_qos(prefetch_count=1) per process: a busy worker is never handed a second message.
 # Docs: configuration.html#worker-prefetch-multiplier
-worker_prefetch_multiplier = int(os.environ.get("PROJ_PREFETCH_MULTIPLIER", "1"))
+worker_prefetch_multiplier = _env("PROJ_PREFETCH_MULTIPLIER", "1", int)
 
 # One `celery -A proj worker` is one tutorial worker.py; `-c N` runs N processes, one message each.
 # Docs: configuration.html#worker-concurrency
-worker_concurrency = int(os.environ.get("PROJ_CONCURRENCY", "1"))
+worker_concurrency = _env("PROJ_CONCURRENCY", "1", int)
 
 # -- Safety ----------------------------------------------------------------------------------
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import sys
 
+from . import config
+
 EXIT_OK = 0
 EXIT_BROKER = 1
-
-#: Give up on an unreachable broker well within 10 seconds.
-CONNECT_TIMEOUT = 3.0
-PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.3, "interval_max": 0.5}
 
 
 def describe_broker_error(exc: BaseException) -> str:
@@ -27,6 +25,10 @@ def describe_broker_error(exc: BaseException) -> str:
 
     from amqp import exceptions as amqp_exc
 
+    from .tasks import PublishError
+
+    if isinstance(exc, PublishError):
+        return str(exc)
     while isinstance(exc.__cause__ or exc.__context__, BaseException) and not isinstance(
         exc, (amqp_exc.AMQPError, OSError)
     ):
@@ -49,18 +51,13 @@ def describe_broker_error(exc: BaseException) -> str:
 def publish(message: str):
     """Publish ``message`` as ``proj.tasks.work``; return the AsyncResult. Raises on broker errors."""
     from .celery import app
-    from .tasks import work
+    from .tasks import check_message, work
 
-    conn = app.connection_for_write(connect_timeout=CONNECT_TIMEOUT)
-    with conn:
-        conn.ensure_connection(max_retries=1, interval_start=0.2, timeout=CONNECT_TIMEOUT)
-        return work.apply_async(
-            args=[message],
-            connection=conn,
-            ignore_result=True,
-            retry=True,
-            retry_policy=PUBLISH_RETRY_POLICY,
-        )
+    check_message(message)  # before connecting: a refused message never reaches the broker
+    # Connection attempts, retries and the confirm wait all fit in PROJ_PUBLISH_TIMEOUT (config.py).
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5, timeout=config.PUBLISH_TIMEOUT)
+        return work.apply_async(args=[message], connection=conn, ignore_result=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         publish(message)
+    except ValueError as exc:  # refused at the producer: too large
+        print(f"new-task: message refused: {exc}", file=sys.stderr)
+        return EXIT_BROKER
     except Exception as exc:  # any broker failure gets one line, never a traceback
         broker = hide_password(app.conf.broker_url)
         print(f"new-task: could not publish to {broker}: {describe_broker_error(exc)}", file=sys.stderr)

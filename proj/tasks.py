@@ -6,17 +6,40 @@ import time
 
 from celery import Task, shared_task
 
-from . import config
+from . import config, deadletter, ledger, topology
 from .console import say
 
 
+class PublishError(RuntimeError):
+    """The broker did not take a message: nothing was queued, and the caller must know."""
+
+
 class MessageTask(Task):
-    """Refuses a non-string message at the producer, before anything is published."""
+    """Checks a message at the producer and makes every publish confirmed, bounded and loud.
+
+    Refused before anything is published: a non-string message (TypeError), a message over
+    PROJ_MAX_MESSAGE_BYTES (ValueError). Refused by the broker: PublishError naming the queue
+    (a basic.nack, for example a full queue with x-overflow reject-publish; or a task_queue that
+    exists with other arguments).
+    """
 
     def apply_async(self, args=None, kwargs=None, *rest, **options):
         message = (args or ())[0] if args else (kwargs or {}).get("message")
         check_message(message)
-        return super().apply_async(args, kwargs, *rest, **options)
+        options.setdefault("confirm_timeout", config.PUBLISH_TIMEOUT)
+        queue = options.get("queue") or config.QUEUE_NAME
+        queue = getattr(queue, "name", queue)
+        from amqp.exceptions import MessageNacked, PreconditionFailed
+
+        try:
+            return super().apply_async(args, kwargs, *rest, **options)
+        except MessageNacked:
+            raise PublishError(
+                f"RabbitMQ refused the message for queue {queue!r} (basic.nack): the queue may be full "
+                "(x-max-length with x-overflow reject-publish) or the broker out of resources"
+            ) from None
+        except PreconditionFailed as exc:
+            raise PublishError(topology.explain_mismatch(exc.reply_text) or exc.reply_text) from None
 
 
 def check_message(message: object) -> str:
@@ -25,7 +48,21 @@ def check_message(message: object) -> str:
             f"proj.tasks.work takes the message as a str, got {type(message).__name__} {message!r}: "
             "pass text such as 'Hello...'"
         )
+    size = len(message.encode("utf-8", "surrogatepass"))
+    if size > config.MAX_MESSAGE_BYTES:
+        raise ValueError(
+            f"message is {size} bytes, over PROJ_MAX_MESSAGE_BYTES={config.MAX_MESSAGE_BYTES}: store large "
+            "data elsewhere and send a reference"
+        )
     return message
+
+
+def was_redelivered(request) -> bool:
+    """True if the broker delivered this message before (RabbitMQ's flag, or the delivery count
+    that proj.consumer carries on the copies it republishes from a classic queue)."""
+    if (request.delivery_info or {}).get("redelivered"):
+        return True
+    return int(request.get(deadletter.DELIVERIES) or 1) > 1
 
 
 # shared_task: registered on every app, proj's and the in-process test apps alike.
@@ -35,14 +72,16 @@ def work(self, message: str) -> int:
     # A bad message that reached us anyway (another producer) fails once and is acked: a
     # TypeError raised here is a task failure, never a redelivery loop.
     check_message(message)
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    redelivered = was_redelivered(self.request)
     if redelivered:
         say(f" [x] Received {message!r} (redelivered)")
         # Flower and `proj lab` see redeliveries on the event stream, next to task-started.
         self.send_event("task-redelivered", redelivered=True)
     else:
         say(f" [x] Received {message!r}")
+    ledger.record(self.request.id, message, "start", redelivered)
     dots = message.count(".")
     time.sleep(dots * config.SECONDS_PER_DOT)
+    ledger.record(self.request.id, message, "done", redelivered)
     say(" [x] Done")
     return dots

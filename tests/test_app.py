@@ -32,8 +32,11 @@ def celery_includes():
 
 
 @pytest.fixture(autouse=True)
-def fast_dots(monkeypatch):
+def in_memory(monkeypatch):
+    # Fast dots, and no real broker: CELERY_BROKER_URL (set while a session broker runs) would
+    # override the in-memory transport.
     monkeypatch.setattr(config, "SECONDS_PER_DOT", 0.01)
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
 
 
 def test_work_returns_the_number_of_dots(celery_app, celery_worker):  # noqa: F811
@@ -94,6 +97,8 @@ EXPECTED = {
     "task_send_sent_event": True,
     "result_backend": "rpc://",
     "task_default_queue": "task_queue",
+    "worker_consumer": "proj.consumer:Consumer",  # tutorial text runs, nothing is deleted
+    "task_time_limit": 1500,  # below RabbitMQ's 30-minute consumer_timeout
 }
 
 

@@ -1,0 +1,132 @@
+"""The worker's message intake: what happens to a delivery before Celery runs it.
+
+Celery's own consumer deletes what it cannot run (an undecodable body is acked, a ``text/plain``
+body too) and redelivers a task that kills its worker forever. This subclass, installed with
+``worker_consumer = "proj.consumer:Consumer"``, changes exactly that:
+
+- a plain-text message with no content type, as the tutorial's pika ``new_task.py`` sends it, runs
+  as ``proj.tasks.work`` on the same delivery (acked after the work, redelivered if the worker dies);
+- anything else a worker cannot run goes to ``task_queue.dead`` with the reason in its headers;
+- a message delivered ``PROJ_MAX_DELIVERIES`` times without an ack is dead-lettered too (quorum
+  queues count deliveries themselves; for classic queues the count travels in a header).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from celery.utils.log import get_logger
+from celery.worker.consumer import Consumer as CeleryConsumer
+
+from . import config, deadletter
+
+logger = get_logger(__name__)
+
+TASK_NAME = "proj.tasks.work"
+
+
+def tutorial_text(message) -> str | None:
+    """The text of a message from a tutorial producer (no Celery headers, no content type), else None."""
+    if (message.headers or {}).get("task") or message.content_type:
+        return None
+    body = message.body
+    if isinstance(body, str):
+        return body
+    try:
+        return bytes(body).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def as_celery_message(message, text: str) -> None:
+    """Rewrite a tutorial message, in place, as Celery's protocol 2 message for ``work(text)``.
+
+    The delivery (and so its delivery tag, ack and redelivery) stays the same message.
+    """
+    task_id = (message.properties or {}).get("message_id") or str(uuid.uuid4())
+    headers = dict(message.headers or {})
+    headers.update(
+        {
+            "lang": "py",
+            "task": TASK_NAME,
+            "id": task_id,
+            "root_id": task_id,
+            "parent_id": None,
+            "group": None,
+            "retries": 0,
+            "eta": None,
+            "expires": None,
+            "timelimit": [None, None],
+            "argsrepr": repr((text,)),
+            "kwargsrepr": "{}",
+            "origin": "tutorial producer (plain text)",
+            "ignore_result": True,
+        }
+    )
+    message.headers = headers
+    message.body = json.dumps([[text], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    message.content_type = "application/json"
+    message.content_encoding = "utf-8"
+    message._decoded_cache = None
+
+
+def deliveries(message) -> int:
+    """How many times this message has been delivered, this delivery included."""
+    headers = message.headers or {}
+    if "x-delivery-count" in headers:  # quorum queue: the broker's own count of earlier deliveries
+        return int(headers["x-delivery-count"]) + 1
+    count = int(headers.get(deadletter.DELIVERIES, 1))
+    return count + 1 if (message.delivery_info or {}).get("redelivered") else count
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer with an intake that runs tutorial text and never deletes a message."""
+
+    def create_task_handler(self, *args, **kwargs):
+        on_celery_message = super().create_task_handler(*args, **kwargs)
+        quorum = config.QUEUE_TYPE == "quorum"
+
+        def on_task_received(message):
+            text = tutorial_text(message)
+            if text is not None:
+                as_celery_message(message, text)
+            n = deliveries(message)
+            if n > config.MAX_DELIVERIES:
+                return self.dead_letter(
+                    message,
+                    f"delivered {n - 1} times without being acknowledged (its worker died each time): "
+                    f"a poison task, stopped at PROJ_MAX_DELIVERIES={config.MAX_DELIVERIES}",
+                )
+            if not quorum and (message.delivery_info or {}).get("redelivered"):
+                # A classic queue keeps no count: put a copy back carrying it, ack this one.
+                headers = dict(message.headers or {}, **{deadletter.DELIVERIES: n})
+                deadletter.republish(self.app, message, headers)
+                return None
+            return on_celery_message(message)
+
+        return on_task_received
+
+    def dead_letter(self, message, reason: str) -> None:
+        logger.error("Moved a message to %s: %s", config.DEAD_QUEUE_NAME, reason)
+        deadletter.dead_letter(self.app, message, reason)
+
+    # Celery's handlers for what it cannot run, each of which would ack (delete) or reject.
+
+    def on_decode_error(self, message, exc):
+        kind = message.content_type or "no content type"
+        self.dead_letter(
+            message,
+            f"cannot decode the body ({kind}): {exc}; only JSON task messages and "
+            "plain text without a content type are run",
+        )
+
+    def on_unknown_message(self, body, message):
+        self.dead_letter(message, "not a task message: no task name in its headers or body")
+
+    def on_unknown_task(self, body, message, exc):
+        name = (message.headers or {}).get("task") or "?"
+        self.dead_letter(message, f"unregistered task {name!r}: no worker here runs it")
+
+    def on_invalid_task(self, body, message, exc):
+        self.dead_letter(message, f"invalid task message: {exc}")

@@ -1,0 +1,218 @@
+"""``proj dead``: what is in ``task_queue.dead``, and putting it back once the cause is fixed.
+
+Usage::
+
+    proj dead list                 # reason, age, body prefix, and the count
+    proj dead requeue --all        # or: proj dead requeue ID [ID ...]
+    proj dead purge [--yes]        # empties it, after a confirmation prompt
+
+Reading the queue takes each message without acknowledging it and closes the channel, so the
+broker puts every message back: listing moves nothing. Requeue is copy-then-ack (proj.deadletter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+
+import click
+
+from . import deadletter
+from .topology import DEAD_QUEUE_NAME, QUEUE_NAME
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+@dataclass
+class DeadLetter:
+    id: str
+    reason: str
+    dead_at: float | None
+    body: bytes
+    content_type: str
+    headers: dict
+
+    @property
+    def age(self) -> str:
+        if not self.dead_at:
+            return "?"
+        seconds = max(0, time.time() - self.dead_at)
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+            if seconds >= size:
+                return f"{seconds / size:.0f}{unit}"
+        return f"{seconds:.0f}s"
+
+    def preview(self, width: int = 40) -> str:
+        text = self.body.decode("utf-8", "backslashreplace")
+        return repr(text if len(text) <= width else text[: width - 1] + "…")
+
+
+def letter_of(message) -> DeadLetter:
+    headers = dict(message.headers or {})
+    body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+    # A Celery task keeps its task id; anything else is named by a digest of its body and arrival.
+    ident = headers.get("id") or hashlib.sha1(body + repr(headers.get(deadletter.DEAD_AT)).encode()).hexdigest()[:12]
+    reason = headers.get(deadletter.REASON)
+    if reason is None and headers.get("x-death"):  # dead-lettered by the broker itself
+        death = headers["x-death"][0]
+        reason = f"{death.get('reason')} by RabbitMQ (from {death.get('queue')})"
+    return DeadLetter(
+        id=str(ident),
+        reason=str(reason or "unknown"),
+        dead_at=headers.get(deadletter.DEAD_AT),
+        body=body,
+        content_type=message.content_type or "",
+        headers=headers,
+    )
+
+
+def _connection(broker_url: str | None):
+    from .celery import app
+
+    return deadletter.confirming(broker_url or app.conf.broker_url)
+
+
+def walk(conn, visit) -> int:
+    """Take every dead letter unacked, call ``visit(message, letter)``; the rest go back at close."""
+    channel = conn.channel()
+    try:
+        from .celery import app
+
+        (queue,) = app.conf.task_queues
+        queue.dead_letter_queue.bind(channel).declare()
+        count = 0
+        while True:
+            raw = channel.basic_get(DEAD_QUEUE_NAME, no_ack=False)
+            if raw is None:
+                return count
+            message = channel.message_to_python(raw)
+            count += 1
+            visit(message, letter_of(message))
+    finally:
+        channel.close()  # unacked messages return to the queue, in order
+
+
+def list_letters(broker_url: str | None = None) -> list[DeadLetter]:
+    letters: list[DeadLetter] = []
+    with _connection(broker_url) as conn:
+        walk(conn, lambda message, letter: letters.append(letter))
+    return letters
+
+
+def requeue(ids: set[str] | None, broker_url: str | None = None) -> list[str]:
+    """Move the dead letters with these ids (all if None) back to task_queue; returns the ids moved."""
+    moved: list[str] = []
+    with _connection(broker_url) as conn:
+
+        def visit(message, letter):
+            if ids is not None and letter.id not in ids:
+                return
+            headers = {k: v for k, v in letter.headers.items() if not k.startswith("x-proj-") and k != "x-death"}
+            content_type = letter.headers.get(deadletter.ORIGINAL_CONTENT_TYPE, letter.content_type) or None
+            encoding = letter.headers.get(deadletter.ORIGINAL_CONTENT_ENCODING, message.content_encoding) or None
+            publisher = conn.clone()
+            with publisher:
+                deadletter.publish_raw(
+                    publisher,
+                    letter.body,
+                    QUEUE_NAME,
+                    headers,
+                    deadletter.copy_properties(message),
+                    content_type,
+                    encoding,
+                )
+            message.ack()
+            moved.append(letter.id)
+
+        walk(conn, visit)
+    return moved
+
+
+def purge(broker_url: str | None = None) -> int:
+    with _connection(broker_url) as conn:
+        from .celery import app
+
+        (queue,) = app.conf.task_queues
+        return queue.dead_letter_queue.bind(conn.default_channel).purge() or 0
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def _fail(exc: Exception) -> None:
+    from .celery import app
+    from .management import hide_password
+    from .new_task import describe_broker_error
+
+    click.echo(f"proj dead: cannot reach {hide_password(app.conf.broker_url)}: {describe_broker_error(exc)}", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+@click.group()
+def dead() -> None:
+    """The dead-letter queue task_queue.dead: list, requeue, purge."""
+
+
+@dead.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the dead letters as JSON.")
+def list_command(as_json: bool) -> None:
+    """Show each dead letter: id, reason, age, the start of its body; then the count."""
+    try:
+        letters = list_letters()
+    except Exception as exc:
+        _fail(exc)
+    if as_json:
+        rows = [
+            {
+                "id": d.id,
+                "reason": d.reason,
+                "dead_at": d.dead_at,
+                "content_type": d.content_type,
+                "body": d.body.decode("utf-8", "backslashreplace"),
+            }
+            for d in letters
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if letters:
+        width = max(len(d.id) for d in letters)
+        click.echo(f"{'ID':<{width}}  {'AGE':>4}  {'BODY':<42}  REASON")
+        for d in letters:
+            click.echo(f"{d.id:<{width}}  {d.age:>4}  {d.preview():<42}  {d.reason}")
+    click.echo(f" [*] {len(letters)} message{'s' if len(letters) != 1 else ''} in {DEAD_QUEUE_NAME}")
+
+
+@dead.command("requeue")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Requeue every dead letter.")
+def requeue_command(ids: tuple[str, ...], all_: bool) -> None:
+    """Put dead letters back on task_queue (once their cause is fixed)."""
+    if not ids and not all_:
+        click.echo("proj dead requeue: name the IDs to requeue (see `proj dead list`) or pass --all", err=True)
+        sys.exit(EXIT_FAILED)
+    try:
+        moved = requeue(None if all_ else set(ids))
+    except Exception as exc:
+        _fail(exc)
+    missing = set(ids) - set(moved)
+    click.echo(f" [x] Requeued {len(moved)} message{'s' if len(moved) != 1 else ''} to {QUEUE_NAME}")
+    if missing:
+        click.echo(f"proj dead requeue: no dead letter with id {', '.join(sorted(missing))}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@dead.command("purge")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def purge_command(yes: bool) -> None:
+    """Delete every message in task_queue.dead, for good."""
+    if not yes:
+        click.confirm(f"Delete every message in {DEAD_QUEUE_NAME} for good?", abort=True)
+    try:
+        count = purge()
+    except Exception as exc:
+        _fail(exc)
+    click.echo(f" [x] Purged {count} message{'s' if count != 1 else ''} from {DEAD_QUEUE_NAME}")
