@@ -1,7 +1,7 @@
 # The work-queue app: one image for the workers and Flower (docker-compose.yml picks the command).
 #
 #   docker build -t proj .
-#   docker run --rm -e CELERY_BROKER_URL=amqp://guest:guest@HOST:5672// proj
+#   docker run --rm -e CELERY_BROKER_URL=amqp://USER:PASSWORD@HOST:5672// proj
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -21,6 +21,9 @@ RUN pip install .
 
 USER proj
 WORKDIR /home/proj
+# `celery -A proj flower` reads its settings from flowerconfig.py in the current folder:
+# the loopback unless FLOWER_BASIC_AUTH is set, and the broker's management API.
+COPY flowerconfig.py ./
 
 # One tutorial worker; SIGTERM (docker stop) is Celery's warm shutdown: finish the task, ack, exit.
 STOPSIGNAL SIGTERM

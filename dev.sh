@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up, then run the demo or the tests.
 #
-#   ./dev.sh demo    virtualenv + package + rabbitmq-server, then `proj demo`
+#   ./dev.sh demo    virtualenv + package + rabbitmq-server, then `proj demo` and `proj lab all`
 #   ./dev.sh test    the same set-up, then the linters and the whole test suite
 #   ./dev.sh setup   only the set-up
 #
@@ -80,7 +80,10 @@ case "${1:-}" in
   demo)
     setup
     shift
-    exec "$VENV/bin/proj" demo "$@"
+    "$VENV/bin/proj" demo "$@"
+    echo
+    say "now every tutorial experiment, with charts: proj lab all"
+    exec "$VENV/bin/proj" lab all
     ;;
   test)
     setup

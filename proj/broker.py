@@ -33,6 +33,8 @@ RABBITMQ_BIN_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/local/lib/rabbitmq/bin")
 STATE_FILE = "proj-broker.json"
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
+#: RabbitMQ's consumer_timeout on proj's nodes: one hour.
+CONSUMER_TIMEOUT_MS = 3_600_000
 
 
 class BrokerError(RuntimeError):
@@ -210,6 +212,9 @@ class Node:
                     "management.tcp.ip = 127.0.0.1",
                     f"management.tcp.port = {self.management_port}",
                     f"collect_statistics_interval = {self.stats_interval_ms}",
+                    # Above proj's default task time limit (PROJ_TASK_TIME_LIMIT, 25 min), so a long task
+                    # is never redelivered while it still runs (RabbitMQ's default is 30 min).
+                    f"consumer_timeout = {CONSUMER_TIMEOUT_MS}",
                     f"default_user = {self.user}",
                     f"default_pass = {self.password}",
                     "log.file.level = info",
@@ -378,9 +383,10 @@ class Node:
         try:
             self.start()
             from .console import say
+            from .management import hide_password
 
-            say(f" [*] RabbitMQ {self.node_name} ready: CELERY_BROKER_URL={self.url}")
-            say(f" [*] management API: {self.management_url}")
+            say(f" [*] RabbitMQ {self.node_name} ready: CELERY_BROKER_URL={hide_password(self.url)}")
+            say(f" [*] management API: {hide_password(self.management_url)}")
             while not stopping and self.is_running():
                 time.sleep(0.2)
             if not stopping:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from . import broker as broker_mod
+from .management import hide_password
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -139,6 +140,8 @@ def status(data_dir, as_json) -> None:
     """Say whether the node of a data dir runs, and on which ports. Exit status 1 if it does not."""
     node = broker_mod.Node.from_data_dir(data_dir)
     info = node.status()
+    # Where the node is, not its password: status output ends up in logs and bug reports.
+    info["url"], info["management_url"] = hide_password(info["url"]), hide_password(info["management_url"])
     if as_json:
         click.echo(json.dumps(info, indent=2))
     elif info["running"]:

@@ -78,12 +78,14 @@ def _connection(broker_url: str | None):
 
 def walk(conn, visit) -> int:
     """Take every dead letter unacked, call ``visit(message, letter)``; the rest go back at close."""
+    from amqp.exceptions import NotFound
+
     channel = conn.channel()
     try:
-        from .celery import app
-
-        (queue,) = app.conf.task_queues
-        queue.dead_letter_queue.bind(channel).declare()
+        try:  # passive: the queue's type (classic or quorum) is whatever the workers declared
+            channel.queue_declare(DEAD_QUEUE_NAME, passive=True)
+        except NotFound:
+            return 0
         count = 0
         while True:
             raw = channel.basic_get(DEAD_QUEUE_NAME, no_ack=False)
@@ -133,11 +135,15 @@ def requeue(ids: set[str] | None, broker_url: str | None = None) -> list[str]:
 
 
 def purge(broker_url: str | None = None) -> int:
-    with _connection(broker_url) as conn:
-        from .celery import app
+    from amqp.exceptions import NotFound
 
-        (queue,) = app.conf.task_queues
-        return queue.dead_letter_queue.bind(conn.default_channel).purge() or 0
+    with _connection(broker_url) as conn:
+        channel = conn.default_channel
+        try:
+            channel.queue_declare(DEAD_QUEUE_NAME, passive=True)
+        except NotFound:
+            return 0
+        return channel.queue_purge(DEAD_QUEUE_NAME) or 0
 
 
 # -- the command --------------------------------------------------------------------------------

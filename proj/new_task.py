@@ -28,7 +28,9 @@ def describe_broker_error(exc: BaseException) -> str:
     from .tasks import PublishError
 
     if isinstance(exc, PublishError):
-        return str(exc)
+        if exc.__cause__ is None:  # refused by the broker: the error says why
+            return str(exc)
+        exc = exc.__cause__
     while isinstance(exc.__cause__ or exc.__context__, BaseException) and not isinstance(
         exc, (amqp_exc.AMQPError, OSError)
     ):

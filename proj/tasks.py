@@ -27,9 +27,14 @@ class MessageTask(Task):
         message = (args or ())[0] if args else (kwargs or {}).get("message")
         check_message(message)
         options.setdefault("confirm_timeout", config.PUBLISH_TIMEOUT)
+        # Celery would copy the producer's task_time_limit into the message, where it overrides the
+        # worker's: the limit that must hold is the worker's (checked against its broker's consumer_timeout).
+        options.setdefault("time_limit", None)
+        options.setdefault("soft_time_limit", None)
         queue = options.get("queue") or config.QUEUE_NAME
         queue = getattr(queue, "name", queue)
         from amqp.exceptions import MessageNacked, PreconditionFailed
+        from kombu.exceptions import OperationalError
 
         try:
             return super().apply_async(args, kwargs, *rest, **options)
@@ -40,6 +45,10 @@ class MessageTask(Task):
             ) from None
         except PreconditionFailed as exc:
             raise PublishError(topology.explain_mismatch(exc.reply_text) or exc.reply_text) from None
+        except OperationalError as exc:  # the broker could not be reached within PROJ_PUBLISH_TIMEOUT
+            from .management import hide_password
+
+            raise PublishError(f"could not publish to {hide_password(self.app.conf.broker_url)}: {exc}") from exc
 
 
 def check_message(message: object) -> str:

@@ -60,8 +60,9 @@ def mgmt(broker) -> Management:
 
 @pytest.fixture
 def fresh_queue(broker, mgmt) -> Node:
-    """A broker whose ``task_queue`` is gone: each test starts from an empty work queue."""
+    """A broker whose ``task_queue`` and ``task_queue.dead`` are gone: each test starts from empty queues."""
     mgmt.delete_queue(config.QUEUE_NAME)
+    mgmt.delete_queue(config.DEAD_QUEUE_NAME)
     return broker
 
 
@@ -103,12 +104,13 @@ def recorder(fresh_queue, recorder_for) -> EventRecorder:
     return recorder_for(fresh_queue.url)
 
 
-def publish(url: str, messages: list[str]) -> list[str]:
-    """Send each message as ``proj.tasks.work`` through one connection; returns the task ids."""
+def publish(url: str, messages: list[str], **options) -> list[str]:
+    """Send each message as ``proj.tasks.work`` through one confirmed connection; returns the task ids."""
+    from proj.celery import app
     from proj.tasks import work
 
-    with Connection(url) as conn:
-        return [work.apply_async(args=[m], connection=conn, ignore_result=True).id for m in messages]
+    with app.connection_for_write(url) as conn:
+        return [work.apply_async(args=[m], connection=conn, ignore_result=True, **options).id for m in messages]
 
 
 def queue_depth(url: str, name: str = config.QUEUE_NAME) -> int:

@@ -382,7 +382,7 @@ class ForegroundNode:
 
     def ready(self) -> bool:
         assert self.proc.poll() is None, f"exited with {self.proc.returncode}:\n{self.output()}"
-        return f"ready: CELERY_BROKER_URL={self.url}" in self.output()
+        return f"ready: CELERY_BROKER_URL=amqp://guest:***@127.0.0.1:{self.port}//" in self.output()
 
     def ports(self) -> list[int]:
         state = json.loads((self.data_dir / STATE_FILE).read_text())["node"]

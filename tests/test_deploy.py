@@ -1,37 +1,53 @@
-"""The deployment files, checked statically: docker-compose.yml, the Dockerfile and the Procfile agree.
+"""The deployment files, checked statically: docker-compose.yml, the Dockerfile, the Procfile, the Makefile,
+.env.example and the README agree.
 
-No Docker engine runs where these tests run, so nothing here starts a container. The compose file
-is read with PyYAML and the Procfile with honcho's own parser; ``docker compose config -q`` (a
-static check too) runs only where a compose CLI is installed.
+No Docker engine runs where these tests run, so nothing here starts a container. The compose file is
+checked by a real compose implementation (``docker compose config`` or Debian's ``docker-compose``
+1.29, which ./dev.sh test installs: it interpolates ``.env`` and validates the file without an engine)
+and against the Compose specification's JSON schema that the compose package ships. The Procfile is
+read with honcho's own parser and its ``${VAR:-default}`` expanded as sh would; ``make -n`` says what
+``make up`` runs.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from honcho.environ import parse_procfile
 
+from proj.management import management_url_from_broker
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 PROCFILE = REPO_ROOT / "Procfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+MAKEFILE = REPO_ROOT / "Makefile"
+README = REPO_ROOT / "README.md"
 
-WORKERS = ("worker1", "worker2")
-APP_SERVICES = (*WORKERS, "flower")
-BROKER_URL_IN_COMPOSE = "amqp://guest:guest@rabbitmq:5672//"
-MANAGEMENT_URL_IN_COMPOSE = "http://guest:guest@rabbitmq:15672/api/"
+PROCFILE_WORKERS = ("worker1", "worker2")
+APP_SERVICES = ("worker", "flower")
+#: Variables the compose file needs from .env, without defaults.
+REQUIRED_VARIABLES = ("RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS", "FLOWER_BASIC_AUTH")
+#: Distinctive values, to see where compose puts them.
+TEST_ENV = {"RABBITMQ_DEFAULT_USER": "deploy-user", "RABBITMQ_DEFAULT_PASS": "Dep1oy-pw", "FLOWER_BASIC_AUTH": "fl:pw"}
 #: Long enough for a warm shutdown: one tutorial task is a few seconds of dots.
 MIN_GRACE_SECONDS = 30
+RESTART_POLICIES = ("always", "unless-stopped", "on-failure")
 COMPOSE_CLI_TIMEOUT = 60
+#: Where Debian's (and PyPI's) docker-compose 1.29 keeps the Compose specification's JSON schema.
+COMPOSE_SCHEMA_CANDIDATES = ("/usr/lib/python3/dist-packages/compose/config/compose_spec.json",)
 
 
 # -- reading the files ---------------------------------------------------------------------------
@@ -47,11 +63,32 @@ def services(compose) -> dict:
     return compose["services"]
 
 
+def expand(command: str, env: dict[str, str]) -> str:
+    """``${NAME:-default}`` as sh expands it: the variable when set and non-empty, else the default."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), command)
+
+
+def procfile_processes(env: dict[str, str] | None = None) -> dict[str, tuple[dict[str, str], list[str]]]:
+    """Each process type's (environment it sets, argv), as ``honcho start`` would run it with ``env``."""
+    processes = parse_procfile(PROCFILE.read_text()).processes
+    result = {}
+    for name, command in processes.items():
+        argv = shlex.split(expand(command, env or {}))
+        if argv[:1] == ["exec"]:
+            argv = argv[1:]
+        assignments: dict[str, str] = {}
+        if argv[:1] == ["env"]:
+            argv = argv[1:]
+            while argv and re.fullmatch(r"\w+=.*", argv[0]):
+                key, value = argv.pop(0).split("=", 1)
+                assignments[key] = value
+        result[name] = (assignments, argv)
+    return result
+
+
 @pytest.fixture(scope="module")
 def procfile() -> dict[str, list[str]]:
-    """Each process type's argv, read the way ``honcho start`` reads the Procfile."""
-    processes = parse_procfile(PROCFILE.read_text()).processes
-    return {name: shlex.split(command) for name, command in processes.items()}
+    return {name: argv for name, (_, argv) in procfile_processes().items()}
 
 
 def command_argv(service: dict) -> list[str]:
@@ -74,18 +111,32 @@ def environment(service: dict) -> dict[str, str]:
     return {key: str(value) for key, value in env.items()}
 
 
-def without_option(argv: list[str], option: str) -> tuple[list[str], list[str]]:
-    """``argv`` without ``--option=VALUE`` / ``--option VALUE``, and the values taken out."""
-    rest, values = [], []
-    args = iter(argv)
-    for arg in args:
-        if arg.startswith(option + "="):
-            values.append(arg.split("=", 1)[1])
-        elif arg == option:
-            values.append(next(args))
-        else:
-            rest.append(arg)
-    return rest, values
+def option_value(argv: list[str], *options: str) -> list[str]:
+    """The values of ``--option=VALUE`` / ``--option VALUE`` / ``-o VALUE`` in ``argv``."""
+    values = []
+    for i, arg in enumerate(argv):
+        for option in options:
+            if arg.startswith(option + "=") and option.startswith("--"):
+                values.append(arg.split("=", 1)[1])
+            elif arg == option and i + 1 < len(argv):
+                values.append(argv[i + 1])
+    return values
+
+
+def without_options(argv: list[str], *options: str) -> list[str]:
+    """``argv`` without those options and their values."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in options:
+            skip = True
+            continue
+        if any(arg.startswith(option + "=") for option in options if option.startswith("--")):
+            continue
+        rest.append(arg)
+    return rest
 
 
 def duration_seconds(value: str | int) -> float:
@@ -114,6 +165,19 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
+def env_file_values(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+# -- the compose CLI -----------------------------------------------------------------------------
+
+
 def compose_cli() -> list[str] | None:
     """``docker compose`` (v2 plugin) or ``docker-compose``, whichever is installed, else None."""
     if shutil.which("docker"):
@@ -125,23 +189,37 @@ def compose_cli() -> list[str] | None:
     return None
 
 
-def run_compose_config(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+def run_compose(tmp_path: Path, *args: str, env_file: dict[str, str] | Path | None = None, **env: str):
+    """``compose --env-file FILE -f docker-compose.yml ARGS``: FILE stands in for .env (a developer's .env
+    must not change what the test sees), and none of the caller's own variables leak in."""
     cli = compose_cli()
     if cli is None:
-        pytest.skip("no compose CLI installed (neither the `docker compose` plugin nor `docker-compose`)")
-    # An empty env file: a developer's .env must not change what the file alone says.
-    env_file = tmp_path / "empty.env"
-    env_file.write_text("")
-    run_env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+        pytest.skip(
+            "no compose CLI installed (neither `docker compose` nor `docker-compose`): ./dev.sh test installs it"
+        )
+    if isinstance(env_file, Path):
+        path = env_file
+    else:
+        path = tmp_path / "compose.env"
+        path.write_text("".join(f"{k}={v}\n" for k, v in (env_file or {}).items()))
+    run_env = {k: v for k, v in os.environ.items() if k not in REQUIRED_VARIABLES}
     run_env.update(env)
     return subprocess.run(
-        [*cli, "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config", "-q"],
+        [*cli, "--env-file", str(path), "-f", str(COMPOSE_FILE), *args],
         cwd=REPO_ROOT,
         env=run_env,
         capture_output=True,
         text=True,
         timeout=COMPOSE_CLI_TIMEOUT,
     )
+
+
+@pytest.fixture(scope="module")
+def resolved(tmp_path_factory) -> dict:
+    """The compose file as the compose CLI resolves it with TEST_ENV as .env."""
+    result = run_compose(tmp_path_factory.mktemp("compose"), "config", env_file=TEST_ENV)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
 
 
 # -- the broker ----------------------------------------------------------------------------------
@@ -183,6 +261,28 @@ def test_compose_rabbitmq_keeps_durable_queues_in_a_named_volume_across_containe
     assert rabbitmq.get("hostname")
 
 
+def test_compose_rabbitmq_account_comes_from_env_and_is_not_guest(services, resolved):
+    # Given the broker's environment as written and as compose resolves it with a test .env
+    written, env = environment(services["rabbitmq"]), environment(resolved["services"]["rabbitmq"])
+
+    # Then user and password are required variables with no default
+    for name in ("RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS"):
+        assert re.fullmatch(rf"\$\{{{name}:\?[^}}]+\}}", written[name]), written[name]
+    # And the account RabbitMQ creates (instead of guest) is the one in .env
+    assert (env["RABBITMQ_DEFAULT_USER"], env["RABBITMQ_DEFAULT_PASS"]) == (
+        TEST_ENV["RABBITMQ_DEFAULT_USER"],
+        TEST_ENV["RABBITMQ_DEFAULT_PASS"],
+    )
+
+
+def test_compose_file_never_mentions_the_guest_account():
+    # Given the compose file's text
+    text = COMPOSE_FILE.read_text()
+
+    # Then no URL or variable uses RabbitMQ's guest account (it cannot log in across the network)
+    assert not re.search(r"guest(:|@)", text)
+
+
 def test_compose_publishes_amqp_management_and_flower_on_the_host_loopback_only(services):
     # Given every published port of every service
     published = {name: service.get("ports", []) for name, service in services.items()}
@@ -199,8 +299,26 @@ def test_compose_publishes_amqp_management_and_flower_on_the_host_loopback_only(
 # -- the workers and Flower ----------------------------------------------------------------------
 
 
+def test_compose_worker_is_one_service_that_scales(services):
+    # Given the compose services
+    # Then there is one worker service (scaled with --scale worker=N), not a fixed worker1/worker2
+    assert "worker" in services and not {"worker1", "worker2"} & set(services)
+    worker = services["worker"]
+    # And nothing in it would clash between replicas: no container name, no published host port
+    assert "container_name" not in worker and not worker.get("ports")
+    # And each replica has its own Celery name: the container's host name
+    assert option_value(command_argv(worker), "-n", "--hostname") == ["worker@%h"]
+
+
+@pytest.mark.parametrize("name", [*APP_SERVICES, "rabbitmq"])
+def test_compose_services_restart_by_themselves(services, name):
+    # Given a service
+    # Then it comes back after a crash or a reboot of the engine
+    assert services[name].get("restart") in RESTART_POLICIES
+
+
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_compose_workers_start_only_once_the_broker_is_healthy(services, name):
+def test_compose_workers_and_flower_start_only_once_the_broker_is_healthy(services, name):
     # Given a worker (or Flower)
     depends_on = services[name]["depends_on"]
 
@@ -225,72 +343,126 @@ def test_compose_workers_and_flower_are_built_from_the_dockerfile(services, name
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_compose_workers_and_flower_reach_the_broker_by_its_service_name(services, name):
-    # Given a worker (or Flower)
-    env = environment(services[name])
+def test_compose_workers_and_flower_reach_the_broker_by_its_service_name_with_the_env_account(resolved, name):
+    # Given a worker (or Flower) as compose resolves it
+    env = environment(resolved["services"][name])
 
-    # Then Celery's own variable points it at the rabbitmq service
-    assert env["CELERY_BROKER_URL"] == BROKER_URL_IN_COMPOSE
-
-
-@pytest.mark.parametrize("name", WORKERS)
-def test_compose_worker_runs_the_procfile_worker_command(services, procfile, name):
-    # Given the same worker in both files
-    in_compose, in_procfile = command_argv(services[name]), procfile[name]
-
-    # Then both run the same celery command
-    assert in_compose == in_procfile
+    # Then Celery's own variable points it at the rabbitmq service, with the account from .env
+    user, password = TEST_ENV["RABBITMQ_DEFAULT_USER"], TEST_ENV["RABBITMQ_DEFAULT_PASS"]
+    assert env["CELERY_BROKER_URL"] == f"amqp://{user}:{password}@rabbitmq:5672//"
 
 
-def test_compose_flower_runs_the_procfile_command_but_listens_on_all_container_interfaces(services, procfile):
-    # Given Flower's command in both files
-    in_compose, compose_address = without_option(command_argv(services["flower"]), "--address")
-    in_procfile, procfile_address = without_option(procfile["flower"], "--address")
+def test_compose_flower_needs_basic_auth_and_reads_the_management_api_the_broker_url_implies(services, resolved):
+    # Given Flower's environment as written and as resolved
+    written, env = environment(services["flower"]), environment(resolved["services"]["flower"])
 
-    # Then they differ only in the address: the host's loopback for honcho, every interface of
-    # the container for compose (whose published port is on the host's loopback)
-    assert in_compose == in_procfile
-    assert procfile_address == ["127.0.0.1"]
-    assert compose_address == ["0.0.0.0"]
-
-
-def test_compose_flower_will_not_start_without_basic_auth_and_reads_the_management_api(services):
-    # Given Flower's environment
-    env = environment(services["flower"])
-
-    # Then its password comes from the environment, with no default to fall back on
-    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", env["FLOWER_BASIC_AUTH"]), env["FLOWER_BASIC_AUTH"]
-    # And it is told where RabbitMQ's management API is
-    assert env["PROJ_MANAGEMENT_URL"] == MANAGEMENT_URL_IN_COMPOSE
+    # Then its password comes from .env, with no default to fall back on
+    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", written["FLOWER_BASIC_AUTH"]), written["FLOWER_BASIC_AUTH"]
+    assert env["FLOWER_BASIC_AUTH"] == TEST_ENV["FLOWER_BASIC_AUTH"]
+    # And its management API is the one derived from its broker URL (same host, account, port 15672)
+    assert env["PROJ_MANAGEMENT_URL"] == management_url_from_broker(env["CELERY_BROKER_URL"])
 
 
-@pytest.mark.parametrize("name", WORKERS)
-def test_compose_workers_get_time_for_a_warm_shutdown(services, name):
-    # Given a worker
-    worker = services[name]
+def test_compose_workers_get_time_for_a_warm_shutdown_signalled_to_celerys_main_process_only(services):
+    # Given the worker
+    worker = services["worker"]
 
     # Then docker stop sends SIGTERM, Celery's warm shutdown, and waits before SIGKILL
     assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
     assert duration_seconds(worker.get("stop_grace_period", "10s")) >= MIN_GRACE_SECONDS
+    # And PID 1 is an init that signals Celery's main process, not its pool process running the task
+    assert worker.get("init") is True
 
 
-def test_docker_compose_config_accepts_the_file(tmp_path):
-    # Given a compose CLI and Flower's password in the environment
-    # When it validates the file (statically: no engine is needed)
-    result = run_compose_config(tmp_path, FLOWER_BASIC_AUTH="user:password")
+# -- the compose file, validated -----------------------------------------------------------------
+
+
+def test_compose_config_accepts_the_file_with_the_committed_env_example(tmp_path):
+    # Given .env.example copied to .env, as the README says
+    # When a real compose implementation validates the file (statically: no engine is needed)
+    result = run_compose(tmp_path, "config", "-q", env_file=ENV_EXAMPLE)
 
     # Then it finds nothing wrong
     assert result.returncode == 0, result.stderr
 
 
-def test_docker_compose_refuses_the_file_without_flower_basic_auth(tmp_path):
-    # Given a compose CLI and no FLOWER_BASIC_AUTH
-    # When it validates the file
-    result = run_compose_config(tmp_path)
+@pytest.mark.parametrize("missing", REQUIRED_VARIABLES)
+def test_compose_config_refuses_the_file_when_env_lacks_a_credential_and_names_it(tmp_path, missing):
+    # Given a .env without one of the credentials
+    env = {k: v for k, v in TEST_ENV.items() if k != missing}
+
+    # When compose validates the file
+    result = run_compose(tmp_path, "config", "-q", env_file=env)
 
     # Then it stops and says which variable to set
     assert result.returncode != 0
-    assert "FLOWER_BASIC_AUTH" in result.stderr
+    assert missing in result.stderr
+
+
+def compose_schema() -> dict:
+    for candidate in COMPOSE_SCHEMA_CANDIDATES:
+        if Path(candidate).exists():
+            return json.loads(Path(candidate).read_text())
+    pytest.skip(
+        "the Compose specification's schema is not installed (Debian's docker-compose ships it): "
+        "./dev.sh test installs docker-compose"
+    )
+
+
+def test_compose_file_as_written_and_as_resolved_is_valid_against_the_compose_specification_schema(compose, resolved):
+    import jsonschema
+
+    # Given the Compose specification's JSON schema
+    schema = compose_schema()
+    # Its $schema names draft 2019-09 by an address jsonschema does not know: say it outright.
+    validator = jsonschema.Draft201909Validator(schema)
+
+    # Then both the file as written and compose's resolved form are valid
+    for name, document in (("written", compose), ("resolved", resolved)):
+        errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+        assert not errors, f"{name}: " + "; ".join(f"{list(e.absolute_path)}: {e.message}" for e in errors)
+
+
+# -- compose and the Procfile agree --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PROCFILE_WORKERS)
+def test_compose_worker_runs_the_procfile_worker_command_but_for_its_name(services, procfile, name):
+    # Given the worker in both files
+    in_compose, in_procfile = command_argv(services["worker"]), procfile[name]
+
+    # Then both run the same celery command; only the worker's name differs
+    assert without_options(in_compose, "-n") == without_options(in_procfile, "-n")
+    assert option_value(in_procfile, "-n") == [f"{name}@%h"]
+
+
+def test_compose_flower_runs_the_procfile_command_but_listens_on_all_container_interfaces(services, procfile):
+    # Given Flower's command in both files (the Procfile with its default ports)
+    in_compose, in_procfile = command_argv(services["flower"]), procfile["flower"]
+
+    # Then they differ only in the address: the host's loopback for honcho, every interface of
+    # the container for compose (whose published port is on the host's loopback)
+    assert without_options(in_compose, "--address") == without_options(in_procfile, "--address")
+    assert option_value(in_procfile, "--address") == ["127.0.0.1"]
+    assert option_value(in_compose, "--address") == ["0.0.0.0"]
+
+
+@pytest.mark.parametrize(("compose_name", "procfile_name"), [("worker", "worker1"), ("flower", "flower")])
+def test_compose_and_procfile_give_workers_and_flower_the_same_variables(services, compose_name, procfile_name):
+    # Given the variables each file sets for the process
+    in_compose = set(environment(services[compose_name]))
+    in_procfile = set(procfile_processes()[procfile_name][0])
+
+    # Then they are the same, but for Flower's password (in .env for the Procfile, optional on the loopback)
+    assert in_compose - {"FLOWER_BASIC_AUTH"} == in_procfile
+
+
+def test_dockerfile_default_command_is_the_compose_worker_command(services):
+    # Given the image's CMD
+    cmd = json.loads(dict(dockerfile_instructions()).get("CMD", "[]"))
+
+    # Then a bare `docker run` runs the same worker as compose
+    assert cmd == command_argv(services["worker"])
 
 
 # -- the Procfile --------------------------------------------------------------------------------
@@ -300,23 +472,130 @@ def test_procfile_runs_the_private_broker_two_workers_and_flower(procfile):
     # Given the Procfile honcho reads
     # Then it has the broker, the tutorial's two workers and Flower
     assert list(procfile) == ["broker", "worker1", "worker2", "flower"]
-    # And the broker is the private node in the foreground, its files in .rabbitmq
+    # And the broker is the private node in the foreground, its files in .rabbitmq by default
     broker = procfile["broker"]
     assert broker[:4] == ["proj", "broker", "start", "--foreground"]
-    assert broker[broker.index("--data-dir") + 1] == ".rabbitmq"
+    assert option_value(broker, "--data-dir") == [".rabbitmq"]
 
 
-@pytest.mark.parametrize("name", WORKERS)
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"PROJ_BROKER_PORT": "5673", "PROJ_MANAGEMENT_PORT": "15673", "PROJ_FLOWER_PORT": "5556"}],
+    ids=["defaults", "ports-from-env"],
+)
+def test_procfile_workers_and_flower_always_use_the_node_the_procfile_starts(overrides):
+    # Given the Procfile expanded with the default ports, or with ports from .env
+    processes = procfile_processes(overrides)
+    _, broker = processes["broker"]
+    port = int(option_value(broker, "--port")[0])
+    management_port = int(option_value(broker, "--management-port")[0])
+
+    # Then the node's ports are the variables' (or the tutorial's defaults)
+    assert port == int(overrides.get("PROJ_BROKER_PORT", 5672))
+    assert management_port == int(overrides.get("PROJ_MANAGEMENT_PORT", 15672))
+    # And both workers and Flower use that node, whatever CELERY_BROKER_URL the shell had
+    for name in (*PROCFILE_WORKERS, "flower"):
+        env, argv = processes[name]
+        assert env["CELERY_BROKER_URL"] == f"amqp://guest:guest@127.0.0.1:{port}//", name
+        assert argv[:3] == ["celery", "-A", "proj"]
+    # And Flower reads that node's management API, and listens on the loopback on its port
+    flower_env, flower = processes["flower"]
+    assert flower_env["PROJ_MANAGEMENT_URL"] == f"http://guest:guest@127.0.0.1:{management_port}/api/"
+    assert option_value(flower, "--port") == [overrides.get("PROJ_FLOWER_PORT", "5555")]
+
+
+@pytest.mark.parametrize("name", PROCFILE_WORKERS)
 def test_procfile_worker_is_one_named_celery_worker_with_the_configured_concurrency(procfile, name):
     # Given a worker of the Procfile
     argv = procfile[name]
 
     # Then it is a celery worker of proj, named after its process type, logging at INFO
     assert argv[:4] == ["celery", "-A", "proj", "worker"]
-    assert argv[argv.index("-n") + 1] == f"{name}@%h"
-    assert argv[argv.index("-l") + 1] == "INFO"
+    assert option_value(argv, "-n") == [f"{name}@%h"]
+    assert option_value(argv, "-l") == ["INFO"]
     # And it leaves the concurrency to proj.config (one process: one tutorial worker)
     assert not {"-c", "--concurrency"} & set(argv) and not any(a.startswith("--concurrency=") for a in argv)
+
+
+def test_make_up_runs_honcho_start_with_the_env_file():
+    # Given the Makefile, with this test's virtualenv
+    venv = Path(sys.executable).parent.parent
+
+    # When make says what `make up` would run (-n: print, do not run)
+    result = subprocess.run(
+        ["make", "-n", "-C", str(REPO_ROOT), "up", f"PROJ_VENV={venv}"],
+        capture_output=True,
+        text=True,
+        timeout=COMPOSE_CLI_TIMEOUT,
+    )
+
+    # Then it is honcho start, reading .env
+    assert result.returncode == 0, result.stderr
+    commands = [line for line in result.stdout.splitlines() if not line.startswith("make")]
+    assert commands == ['exec honcho start --env ".env"'], result.stdout
+
+
+@pytest.mark.parametrize("target", ["demo", "test"])
+def test_make_demo_and_test_are_dev_sh(target):
+    # When make says what the target would run
+    result = subprocess.run(
+        ["make", "-n", "-C", str(REPO_ROOT), target], capture_output=True, text=True, timeout=COMPOSE_CLI_TIMEOUT
+    )
+
+    # Then it is ./dev.sh's own command
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stdout.splitlines() if not line.startswith("make")] == [f"./dev.sh {target}"]
+
+
+# -- .env.example and the README -----------------------------------------------------------------
+
+
+def test_env_example_names_every_variable_compose_requires_with_placeholder_values():
+    # Given .env.example
+    values = env_file_values(ENV_EXAMPLE)
+
+    # Then it has every credential compose requires, each an obvious placeholder to change
+    assert set(REQUIRED_VARIABLES) <= set(values)
+    assert "change-me" in values["RABBITMQ_DEFAULT_PASS"] and "change-me" in values["FLOWER_BASIC_AUTH"]
+    assert values["RABBITMQ_DEFAULT_USER"] != "guest"
+
+
+def test_readme_compose_image_is_the_compose_files():
+    # Given every rabbitmq image the README names
+    named = set(re.findall(r"rabbitmq:\d[\w.-]*", README.read_text()))
+
+    # Then it is the one docker-compose.yml runs
+    assert named <= {yaml.safe_load(COMPOSE_FILE.read_text())["services"]["rabbitmq"]["image"]}, named
+
+
+def readme_compose_commands() -> list[str]:
+    """Every `docker compose ...` / `docker-compose ...` command the README shows (inline or in a block)."""
+    text = README.read_text()
+    is_command = re.compile(r"(^|\s)docker( compose|-compose)\s")
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", text, flags=re.S | re.M)
+    lines = [line for block in blocks for line in block.splitlines()]
+    inline = re.findall(r"`([^`\n]+)`", re.sub(r"^```[a-z]*\n.*?^```", "", text, flags=re.S | re.M))
+    return [re.sub(r"\s+#.*$", "", c).strip() for c in lines + inline if is_command.search(c)]
+
+
+def test_readme_compose_commands_work_with_the_compose_file_and_env_example(services, tmp_path):
+    # Given each compose command in the README
+    commands = readme_compose_commands()
+    assert commands, "the README shows no docker compose command"
+    for command in commands:
+        words = shlex.split(command)
+        assignments = dict(w.split("=", 1) for w in words[: words.index("docker")] if "=" in w)
+        args = words[words.index("compose") + 1 :] if "compose" in words else words[words.index("docker-compose") + 1 :]
+
+        # Then the services it scales exist, and so do the variables it sets
+        for scale in option_value(args, "--scale"):
+            assert scale.split("=")[0] in services, command
+        for name in assignments:
+            assert "${" + name in COMPOSE_FILE.read_text(), (command, name)
+
+        # And with .env.example as .env, compose accepts the file under those variables
+        result = run_compose(tmp_path, "config", "-q", env_file=ENV_EXAMPLE, **assignments)
+        assert result.returncode == 0, (command, result.stderr)
 
 
 # -- the image -----------------------------------------------------------------------------------
@@ -340,9 +619,42 @@ def test_dockerfile_installs_the_package_on_python_3_11_and_runs_a_worker_as_a_n
     assert cmd[:4] == ["celery", "-A", "proj", "worker"]
 
 
-def test_dockerignore_keeps_local_state_and_secrets_out_of_the_build_context():
+def test_dockerfile_puts_flowerconfig_where_the_containers_run():
+    # Given the Dockerfile's instructions, in order
+    workdir, copied_to = "/", {}
+    for keyword, args in dockerfile_instructions():
+        if keyword == "WORKDIR":
+            workdir = str(Path(workdir) / args)
+        elif keyword == "COPY":
+            *sources, dest = shlex.split(args)
+            for source in sources:
+                copied_to[source] = str(Path(workdir) / dest / Path(source).name) if dest.endswith("/") else dest
+
+    # Then flowerconfig.py lands in the folder the containers start in (Flower reads it from there)
+    dest = copied_to.get("flowerconfig.py")
+    assert dest is not None, copied_to
+    assert str(Path(workdir) / dest) == str(Path(workdir) / "flowerconfig.py")
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        if fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, pattern.replace("**/", "")):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_local_state_and_secrets_out_and_what_the_image_needs_in():
     # Given the .dockerignore patterns
-    patterns = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}
+    patterns = [
+        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
 
     # Then git history, virtualenvs, the private node's data dir and .env files stay out
-    assert {".git", ".venv", ".rabbitmq", ".env"} <= patterns
+    for path in (".git", ".venv", ".rabbitmq", ".env", ".env.local", ".env.example"):
+        assert dockerignored(path, patterns), path
+    # And everything the Dockerfile copies is in
+    for path in ("pyproject.toml", "README.md", "proj", "flowerconfig.py"):
+        assert not dockerignored(path, patterns), path

@@ -1,0 +1,397 @@
+"""Flower for real: ``celery -A proj flower`` (with this repository's flowerconfig.py) against the session's
+RabbitMQ node and two real workers, read through its REST API and in a real headless Chromium.
+
+One scenario per module (starting Flower, two workers and a browser costs seconds each): six short tasks
+that finish, then four long ones that keep both workers busy, so ``task_queue`` holds two unacknowledged
+and two ready messages while the tests look. Every process is ended by process group at teardown.
+
+Screenshots go to the test's tmp dir, and also to ``$PROJ_SCREENSHOT_DIR`` when that is set.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import SECONDS_PER_DOT, TIMEOUT, publish, wait_until
+
+from proj import config
+from proj.broker import Node, free_port
+from proj.management import Management
+from proj.workers import WorkerProcess
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+#: Debian's chromium as root in a container: no sandbox, no GPU, nothing fetched from the network.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+FLOWER_USER, FLOWER_PASSWORD = "flower-admin", "Fl0wer-pw-7c1e"
+#: Short tasks that finish while the tests watch; their dots are their number.
+SHORT_MESSAGES = [f"Flower task {n}{'.' * n}" for n in range(1, 7)]
+#: Long tasks that hold both workers (one message each, prefetch 1) while the tests look.
+LONG_MESSAGES = [f"Long task {n}{'.' * 600}" for n in range(1, 5)]
+#: Pages can take a while on a loaded machine: their data arrives by ajax after the page loads.
+PAGE_TIMEOUT_MS = 30_000
+
+
+# -- a real Flower ---------------------------------------------------------------------------------
+
+
+class FlowerProcess:
+    """``celery -A proj flower`` in its own process group, run from the repository (its flowerconfig.py)."""
+
+    def __init__(
+        self,
+        log_path: Path,
+        broker_url: str,
+        *,
+        management_url: str | None = None,
+        basic_auth: str | None = f"{FLOWER_USER}:{FLOWER_PASSWORD}",
+        address: str | None = "127.0.0.1",
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.argv = [sys.executable, "-m", "celery", "-A", "proj", "flower", f"--port={self.port}"]
+        if address is not None:
+            self.argv.append(f"--address={address}")
+        # Nothing of the caller's Flower or management settings leaks in: only what the test says.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_") and k != "PROJ_MANAGEMENT_URL"}
+        self.env.update(CELERY_BROKER_URL=broker_url, PYTHONUNBUFFERED="1")
+        if management_url:
+            self.env["PROJ_MANAGEMENT_URL"] = management_url
+        if basic_auth:
+            self.env["FLOWER_BASIC_AUTH"] = basic_auth
+        self.env.update(env or {})
+        self.auth = basic_auth.split(",")[0] if basic_auth else None
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FlowerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float = TIMEOUT) -> FlowerProcess:
+        """Until Flower answers HTTP (with or without credentials)."""
+
+        def answers() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, (
+                f"flower exited ({self.proc.returncode}):\n{self.log()[-3000:]}"
+            )
+            return self.get("/healthcheck", auth=False)[0] in (200, 401)
+
+        wait_until(answers, timeout, "Flower answers HTTP")
+        return self
+
+    def get(self, path: str, auth: bool | str = True) -> tuple[int, object]:
+        """(status, body): JSON decoded when it is JSON. ``auth``: True for Flower's user, or "user:password"."""
+        req = urllib.request.Request(self.url + path)
+        credentials = self.auth if auth is True else auth
+        if credentials:
+            req.add_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                status, body = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        except (urllib.error.URLError, OSError):
+            return 0, None
+        with contextlib.suppress(ValueError):
+            return status, json.loads(body)
+        return status, body.decode(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM (Flower's clean stop), then SIGKILL the whole group if it lingers."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+
+
+# -- the scenario ----------------------------------------------------------------------------------
+
+
+class Scenario:
+    """What the module's tests look at: Flower, two busy workers, and what happened before."""
+
+    def __init__(self, flower: FlowerProcess, workers: list[WorkerProcess], short_ids: list[str]):
+        self.flower = flower
+        self.workers = workers
+        self.short_ids = short_ids
+        self.counts_before_workers: dict | None = None
+        self.counts_while_busy: dict | None = None
+
+
+def flower_queue(flower: FlowerProcess, name: str = config.QUEUE_NAME) -> dict | None:
+    """The queue as Flower's /api/queues/length reports it (from RabbitMQ's management API)."""
+    status, body = flower.get("/api/queues/length")
+    if status != 200 or not isinstance(body, dict):
+        return None
+    return next((q for q in body.get("active_queues", []) if q.get("name") == name), None)
+
+
+def has_counts(flower: FlowerProcess, ready: int, unacked: int) -> dict | None:
+    queue = flower_queue(flower)
+    if queue and (queue.get("messages_ready"), queue.get("messages_unacknowledged")) == (ready, unacked):
+        return queue
+    return None
+
+
+@pytest.fixture(scope="module")
+def scenario(broker: Node, tmp_path_factory) -> Iterator[Scenario]:
+    logs = tmp_path_factory.mktemp("flower")
+    Management(broker.management_url).delete_queue(config.QUEUE_NAME)
+    flower = FlowerProcess(logs / "flower.log", broker.url, management_url=broker.management_url)
+    workers = [
+        WorkerProcess(name, broker.url, logs, seconds_per_dot=SECONDS_PER_DOT) for name in ("flower-w1", "flower-w2")
+    ]
+    try:
+        # Given Flower, and the work queue holding the short tasks before any worker runs
+        flower.start().wait_ready()
+        short_ids = publish(broker.url, SHORT_MESSAGES)
+        run = Scenario(flower, workers, short_ids)
+        run.counts_before_workers = wait_until(
+            lambda: has_counts(flower, ready=len(SHORT_MESSAGES), unacked=0), TIMEOUT, "Flower sees 6 ready messages"
+        )
+        # When two workers run them, then take two of four long tasks
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.wait_ready(TIMEOUT)
+        wait_until(
+            lambda: all_succeeded(flower, short_ids),
+            TIMEOUT,
+            f"Flower shows the short tasks done:\n{flower.log()[-2000:]}",
+        )
+        publish(broker.url, LONG_MESSAGES)
+        run.counts_while_busy = wait_until(
+            lambda: has_counts(flower, ready=2, unacked=2), TIMEOUT, "Flower sees 2 ready and 2 unacked messages"
+        )
+        yield run
+    finally:
+        for worker in workers:
+            worker.kill()
+        flower.stop()
+        Management(broker.management_url).delete_queue(config.QUEUE_NAME)
+
+
+def flower_tasks(flower: FlowerProcess) -> dict:
+    status, body = flower.get("/api/tasks")
+    return body if status == 200 and isinstance(body, dict) else {}
+
+
+def all_succeeded(flower: FlowerProcess, ids: list[str]) -> bool:
+    tasks = flower_tasks(flower)
+    return all(tasks.get(i, {}).get("state") == "SUCCESS" for i in ids)
+
+
+# -- the REST API ----------------------------------------------------------------------------------
+
+
+def test_flower_api_lists_both_running_workers(scenario):
+    # Given two workers consuming task_queue
+    expected = {w.hostname for w in scenario.workers}
+
+    # When Flower's workers API is asked (refresh: a fresh inspect broadcast)
+    def listed() -> set[str]:
+        status, body = scenario.flower.get("/api/workers?refresh=1")
+        return expected & set(body) if status == 200 and isinstance(body, dict) else set()
+
+    # Then both workers are there
+    assert wait_until(lambda: listed() == expected, TIMEOUT, "both workers in /api/workers") is True
+
+
+def test_flower_api_shows_every_task_with_its_final_state_and_worker(scenario):
+    # Given the six short tasks, all run
+    # When Flower's tasks API is read
+    tasks = flower_tasks(scenario.flower)
+
+    # Then each is there, succeeded, with its message and the worker that ran it
+    hostnames = {w.hostname for w in scenario.workers}
+    for task_id, message in zip(scenario.short_ids, SHORT_MESSAGES, strict=True):
+        task = tasks[task_id]
+        assert task["state"] == "SUCCESS", task
+        assert task["name"] == "proj.tasks.work"
+        assert message in task["args"]
+        assert task["worker"] in hostnames
+        assert task["result"] == str(message.count("."))
+
+
+def test_flower_api_shows_task_queue_ready_and_unacknowledged_counts(scenario):
+    # Given the short tasks queued before any worker ran, then two workers each holding one long task
+    before, busy = scenario.counts_before_workers, scenario.counts_while_busy
+
+    # Then Flower's queue API showed them as RabbitMQ counts them
+    assert (before["messages_ready"], before["messages_unacknowledged"]) == (len(SHORT_MESSAGES), 0)
+    assert (busy["messages_ready"], busy["messages_unacknowledged"], busy["consumers"]) == (2, 2, 2)
+    # And it still does: the long tasks keep both workers busy
+    queue = flower_queue(scenario.flower)
+    assert (queue["messages_ready"], queue["messages_unacknowledged"]) == (2, 2)
+
+
+@pytest.mark.parametrize("credentials", [None, f"{FLOWER_USER}:wrong-password"], ids=["none", "wrong"])
+@pytest.mark.parametrize("path", ["/api/workers", "/api/tasks", "/api/queues/length", "/", "/broker"])
+def test_flower_refuses_a_request_without_the_right_credentials_with_401(scenario, credentials, path):
+    # Given Flower started with FLOWER_BASIC_AUTH
+    # When a page or API is asked for without credentials, or with a wrong password
+    status, _ = scenario.flower.get(path, auth=credentials or False)
+
+    # Then Flower answers 401 Unauthorized
+    assert status == 401
+
+
+# -- a real browser --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser_context(scenario):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed: `apt-get install chromium` (./dev.sh test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(
+                http_credentials={"username": FLOWER_USER, "password": FLOWER_PASSWORD},
+                viewport={"width": 1400, "height": 900},
+            )
+            context.set_default_timeout(PAGE_TIMEOUT_MS)
+            yield context
+            context.close()
+        finally:
+            browser.close()
+
+
+def screenshot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("PROJ_SCREENSHOT_DIR"):
+        target = Path(os.environ["PROJ_SCREENSHOT_DIR"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target / name)
+    return path
+
+
+def test_flower_dashboard_in_chromium_shows_both_workers_online(scenario, browser_context, tmp_path):
+    from playwright.sync_api import expect
+
+    # Given Flower's dashboard in a real browser
+    page = browser_context.new_page()
+    page.goto(scenario.flower.url + "/")
+
+    # Then its workers table lists both workers, online (the table refreshes by ajax)
+    table = page.locator("#workers-table")
+    for worker in scenario.workers:
+        row = table.locator("tbody tr", has_text=worker.hostname)
+        expect(row).to_be_visible()
+        expect(row).to_contain_text("Online")
+    assert screenshot(page, tmp_path, "flower-dashboard.png").stat().st_size > 0
+
+
+def test_flower_tasks_page_in_chromium_shows_a_finished_task(scenario, browser_context, tmp_path):
+    from playwright.sync_api import expect
+
+    # Given Flower's tasks page in a real browser
+    page = browser_context.new_page()
+    page.goto(scenario.flower.url + "/tasks")
+
+    # Then the task table (loaded by ajax) shows a short task, succeeded
+    task_id = scenario.short_ids[-1]
+    row = page.locator("#tasks-table tbody tr", has_text=task_id)
+    expect(row).to_be_visible()
+    expect(row).to_contain_text("SUCCESS")
+    expect(row).to_contain_text("proj.tasks.work")
+    assert screenshot(page, tmp_path, "flower-tasks.png").stat().st_size > 0
+
+
+def test_flower_broker_page_in_chromium_shows_task_queue_ready_and_unacked(scenario, browser_context, tmp_path):
+    from playwright.sync_api import expect
+
+    # Given Flower's broker page in a real browser, both workers busy with a long task each
+    page = browser_context.new_page()
+    page.goto(scenario.flower.url + "/broker")
+
+    # Then task_queue has its row: 4 messages, 2 unacked, 2 ready, 2 consumers
+    row = page.locator("#queue-table tbody tr", has_text=config.QUEUE_NAME).first
+    expect(row).to_be_visible()
+    cells = [c.strip() for c in row.locator("td").all_inner_texts()]
+    assert cells[:5] == [config.QUEUE_NAME, "4", "2", "2", "2"], cells
+    # And the broker's URL shown there has no password
+    expect(page.locator(".broker-url")).not_to_contain_text(":guest@")
+    assert screenshot(page, tmp_path, "flower-broker.png").stat().st_size > 0
+
+
+# -- refusing to start -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("basic_auth", "expected"),
+    [(None, "without a password"), ("just-a-user", "is not user:password")],
+    ids=["no-auth", "malformed-auth"],
+)
+def test_flower_refuses_to_listen_beyond_the_loopback_without_a_password(broker, tmp_path, basic_auth, expected):
+    # Given Flower asked to listen on every interface, with no (or malformed) FLOWER_BASIC_AUTH
+    flower = FlowerProcess(tmp_path / "flower.log", broker.url, basic_auth=basic_auth, address="0.0.0.0")
+
+    # When it starts
+    try:
+        flower.start()
+        code = flower.proc.wait(TIMEOUT)
+    finally:
+        flower.stop()
+    output = flower.log()
+
+    # Then it exits non-zero with one line saying what to set, and never listened
+    assert code != 0
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("flower: ") and expected in lines[0], output
+    assert "FLOWER_BASIC_AUTH" in lines[0] and "Traceback" not in output
+    assert "Visit me" not in output
