@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -50,9 +51,16 @@ def configured_management_url(broker_url: str | None = None) -> str:
 
 def hide_password(url: str) -> str:
     """The URL with its password replaced by ``***``, for messages people see."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
+    if ";" in url:  # Celery's failover list: every URL in it
+        return ";".join(hide_password(one) for one in url.split(";"))
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:  # a malformed port: fall back to the pattern below
+        password = None
+    if password is None:
+        # Not a URL urllib understands (no scheme, say): mask anything shaped like user:password@.
+        return re.sub(r"(^|//)([^:/@]+):[^@]*@", r"\1\2:***@", url)
     netloc = parts.netloc.rsplit("@", 1)
     userinfo = netloc[0].split(":", 1)[0]
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))

@@ -50,6 +50,26 @@ def describe_broker_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def broker_url_problem(url: str) -> str | None:
+    """What is wrong with a CELERY_BROKER_URL, in words, or None if it looks like an AMQP URL."""
+    import urllib.parse
+
+    for one in url.split(";"):
+        parts = urllib.parse.urlsplit(one.strip())
+        if parts.scheme not in AMQP_SCHEMES:
+            return "it is not an AMQP URL: use amqp://USER:PASSWORD@HOST:5672/VHOST"
+        try:
+            parts.port  # noqa: B018 (raises on a malformed port)
+        except ValueError:
+            return "its port is not a number: use amqp://USER:PASSWORD@HOST:5672/VHOST"
+        if not parts.hostname:
+            return "it names no host: use amqp://USER:PASSWORD@HOST:5672/VHOST"
+    return None
+
+
 def publish(message: str):
     """Publish ``message`` as ``proj.tasks.work``; return the AsyncResult. Raises on broker errors."""
     from .celery import app
@@ -70,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     from .console import say
     from .management import hide_password
 
+    url = app.conf.broker_url
+    problem = broker_url_problem(url)
+    if problem:
+        print(f"new-task: CELERY_BROKER_URL={hide_password(url)!r} is malformed: {problem}", file=sys.stderr)
+        return EXIT_BROKER
     try:
         publish(message)
     except ValueError as exc:  # refused at the producer: too large

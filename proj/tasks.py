@@ -38,17 +38,28 @@ class MessageTask(Task):
 
         try:
             return super().apply_async(args, kwargs, *rest, **options)
-        except MessageNacked:
-            raise PublishError(
-                f"RabbitMQ refused the message for queue {queue!r} (basic.nack): the queue may be full "
-                "(x-max-length with x-overflow reject-publish) or the broker out of resources"
-            ) from None
-        except PreconditionFailed as exc:
-            raise PublishError(topology.explain_mismatch(exc.reply_text) or exc.reply_text) from None
-        except OperationalError as exc:  # the broker could not be reached within PROJ_PUBLISH_TIMEOUT
+        except (MessageNacked, OperationalError) as exc:
+            if isinstance(exc, MessageNacked) or _caused_by(exc, MessageNacked):
+                raise PublishError(
+                    f"RabbitMQ refused the message for queue {queue!r} (basic.nack): the queue may be full "
+                    "(x-max-length with x-overflow reject-publish) or the broker out of resources"
+                ) from None
+            # the broker could not be reached within PROJ_PUBLISH_TIMEOUT
             from .management import hide_password
 
             raise PublishError(f"could not publish to {hide_password(self.app.conf.broker_url)}: {exc}") from exc
+        except PreconditionFailed as exc:
+            raise PublishError(topology.explain_mismatch(exc.reply_text) or exc.reply_text) from None
+
+
+def _caused_by(exc: BaseException, kind: type) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def check_message(message: object) -> str:

@@ -1,0 +1,96 @@
+"""Bad input gets one clear line and a non-zero exit, and loses nothing (README: "Bad input").
+
+Wrong credentials, an unknown vhost and a broker that is down are in tests/test_producer.py; a
+port in use in tests/test_broker_cli.py; bad messages in tests/test_dead_letters.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proj import config
+from proj.management import hide_password
+from proj.tasks import work
+from proj.workers import REPO_ROOT
+
+NEW_TASK = Path(sys.executable).with_name("new-task")
+
+
+def new_task(*words: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(NEW_TASK), *words], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("amqp//missing-colon", "not an AMQP URL"),
+        ("http://guest:s3cr3t-pw@127.0.0.1:5672//", "not an AMQP URL"),
+        ("amqp://guest:s3cr3t-pw@127.0.0.1:not-a-port//", "port is not a number"),
+        ("guest:s3cr3t-pw@127.0.0.1:5672", "not an AMQP URL"),
+    ],
+)
+def test_malformed_broker_url_is_one_line_without_the_password(url, problem):
+    out = new_task("Hello...", CELERY_BROKER_URL=url)
+    assert out.returncode == 1
+    (line,) = out.stderr.splitlines()
+    assert line.startswith("new-task: CELERY_BROKER_URL=") and problem in line
+    assert "s3cr3t-pw" not in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize("name", ["PROJ_SECONDS_PER_DOT", "PROJ_MAX_DELIVERIES", "PROJ_QUEUE_TYPE"])
+def test_malformed_setting_is_one_line_for_the_producer_and_the_worker(name):
+    value = "sideways"
+    out = new_task("Hello...", **{name: value})
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert name in out.stderr and "sideways" in out.stderr and "Traceback" not in out.stderr
+    worker = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "proj", "worker"],
+        cwd=REPO_ROOT,
+        env={**os.environ, name: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert worker.returncode != 0 and name in worker.stderr
+
+
+def test_empty_message_runs_as_no_work_and_new_task_sends_the_tutorials_default(monkeypatch):
+    monkeypatch.setattr(config, "SECONDS_PER_DOT", 0)
+    assert work.run("") == 0
+    # new-task joins its words; none (or only empty ones) means the tutorial's "Hello World!"
+    from proj.new_task import main
+
+    sent = []
+    monkeypatch.setattr("proj.new_task.publish", sent.append)
+    monkeypatch.setenv("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    assert main([""]) == 0 and main([]) == 0
+    assert sent == ["Hello World!", "Hello World!"]
+
+
+def test_message_of_only_dots_is_that_many_units_of_work(monkeypatch):
+    slept = []
+    monkeypatch.setattr("proj.tasks.time.sleep", slept.append)
+    monkeypatch.setattr(config, "SECONDS_PER_DOT", 0.5)
+    assert work.run(".....") == 5
+    assert slept == [2.5]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://u:pw@h:5672//", "amqp://u:***@h:5672//"),
+        ("amqp://u:pw@h1:5672//;amqp://u:pw@h2:5673//", "amqp://u:***@h1:5672//;amqp://u:***@h2:5673//"),
+        ("u:pw@h:5672", "u:***@h:5672"),
+        ("amqp://h//", "amqp://h//"),
+    ],
+)
+def test_passwords_are_hidden_in_every_form_of_url(url, shown):
+    assert hide_password(url) == shown

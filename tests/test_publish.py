@@ -1,0 +1,126 @@
+"""Confirmed publishes: a message the broker did not take is an error the caller sees, never a silent drop."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import queue_depth
+from kombu import Exchange, Queue
+
+from proj import config
+from proj.broker import free_port
+from proj.celery import app
+from proj.tasks import PublishError, work
+from proj.workers import REPO_ROOT
+
+NEW_TASK = Path(sys.executable).with_name("new-task")
+
+
+def test_message_refused_by_a_full_queue_raises_an_error_naming_the_queue(broker, mgmt):
+    # Given a queue that holds one message and refuses more (x-overflow: reject-publish)
+    mgmt.delete_queue("limited")
+    limited = Queue(
+        "limited",
+        Exchange(""),
+        routing_key="limited",
+        durable=True,
+        queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
+    )
+    with app.connection_for_write(broker.url) as conn:
+        work.apply_async(args=["First."], queue=limited, connection=conn, ignore_result=True)
+
+        # When a second message is published to it
+        # Then the broker's nack reaches the caller as an error naming the queue
+        with pytest.raises(PublishError, match="refused the message for queue 'limited'"):
+            work.apply_async(args=["Second."], queue=limited, connection=conn, ignore_result=True)
+    assert queue_depth(broker.url, "limited") == 1
+    mgmt.delete_queue("limited")
+
+
+def test_message_over_the_size_limit_is_refused_before_anything_is_published(fresh_queue, monkeypatch):
+    # Given a 1 KiB limit
+    monkeypatch.setattr(config, "MAX_MESSAGE_BYTES", 1024)
+
+    # When a larger message is sent, Then ValueError says so, and the broker received nothing
+    with pytest.raises(ValueError, match="over PROJ_MAX_MESSAGE_BYTES=1024"):
+        work.delay("x" * 1025)
+    work.delay("x" * 1024)  # the limit itself is allowed
+    assert queue_depth(fresh_queue.url) == 1
+
+
+def test_new_task_refuses_an_oversized_message_in_one_line(fresh_queue, mgmt):
+    env = {**os.environ, "CELERY_BROKER_URL": fresh_queue.url, "PROJ_MAX_MESSAGE_BYTES": "10"}
+    out = subprocess.run([str(NEW_TASK), "A message longer than ten bytes."], env=env, capture_output=True, text=True)
+    assert out.returncode == 1
+    (line,) = out.stderr.splitlines()
+    assert line.startswith("new-task: message refused:") and "PROJ_MAX_MESSAGE_BYTES=10" in line
+    assert mgmt.queue(config.QUEUE_NAME) is None  # it never even connected
+
+
+def delay_in_subprocess(url: str, publish_timeout: float) -> tuple[subprocess.CompletedProcess, float]:
+    code = (
+        "from proj.tasks import PublishError, work\n"
+        "try:\n"
+        "    work.delay('Hello...')\n"
+        "except PublishError as exc:\n"
+        "    print('PublishError:', exc)\n"
+        "    raise SystemExit(1)\n"
+    )
+    env = {**os.environ, "CELERY_BROKER_URL": url, "PROJ_PUBLISH_TIMEOUT": str(publish_timeout)}
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    return out, time.monotonic() - started
+
+
+def test_delay_with_the_broker_down_fails_within_the_publish_timeout():
+    # Given no broker on the port
+    url = f"amqp://guest:secret-pw@127.0.0.1:{free_port()}//"
+
+    # When .delay() is called, Then it raises PublishError naming the broker, password hidden
+    out, elapsed = delay_in_subprocess(url, publish_timeout=4)
+    assert out.returncode == 1, out.stderr
+    assert "PublishError: could not publish to amqp://guest:***@127.0.0.1:" in out.stdout
+    assert "secret-pw" not in out.stdout + out.stderr
+    # (the bound is the setting plus the interpreter's start-up, generous on a loaded machine)
+    assert elapsed < 4 + 10
+
+
+def test_delay_to_a_broker_that_never_answers_fails_within_the_publish_timeout():
+    # Given something that accepts TCP connections on the port and never speaks AMQP
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        # When .delay() is called
+        out, elapsed = delay_in_subprocess(f"amqp://guest:guest@127.0.0.1:{listener.getsockname()[1]}//", 4)
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+    # Then it gives up with PublishError instead of hanging
+    assert out.returncode == 1, out.stderr
+    assert "PublishError: could not publish" in out.stdout
+    assert elapsed < 4 + 10
