@@ -58,11 +58,29 @@ def mgmt(broker) -> Management:
     return mgmt_for(broker)
 
 
+def forget_producer_connections() -> None:
+    """Close this process's pooled producer connections, as a new producer process would start.
+
+    kombu remembers per connection which queues it declared; after a test deletes task_queue, a
+    reused connection would publish to a queue that no longer exists without declaring it again.
+    """
+    from kombu import pools
+
+    from proj.celery import app
+
+    if app._pool is not None:
+        app.pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
+    pools.reset()
+
+
 @pytest.fixture
 def fresh_queue(broker, mgmt) -> Node:
     """A broker whose ``task_queue`` and ``task_queue.dead`` are gone: each test starts from empty queues."""
     mgmt.delete_queue(config.QUEUE_NAME)
     mgmt.delete_queue(config.DEAD_QUEUE_NAME)
+    forget_producer_connections()
     return broker
 
 

@@ -584,7 +584,8 @@ def test_readme_compose_commands_work_with_the_compose_file_and_env_example(serv
     assert commands, "the README shows no docker compose command"
     for command in commands:
         words = shlex.split(command)
-        assignments = dict(w.split("=", 1) for w in words[: words.index("docker")] if "=" in w)
+        first = next(i for i, w in enumerate(words) if w in ("docker", "docker-compose"))
+        assignments = dict(w.split("=", 1) for w in words[:first] if "=" in w)
         args = words[words.index("compose") + 1 :] if "compose" in words else words[words.index("docker-compose") + 1 :]
 
         # Then the services it scales exist, and so do the variables it sets
