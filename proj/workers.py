@@ -25,60 +25,19 @@ READY_LINE = " [*] Waiting for messages. To exit press CTRL+C"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class WorkerProcess:
-    """One ``celery -A proj worker -n NAME@%h`` subprocess."""
+class LoggedProcess:
+    """A subprocess in its own process group, its output in a log file: ended by PID, never by name."""
 
-    def __init__(
-        self,
-        name: str,
-        broker_url: str,
-        log_dir: Path,
-        *,
-        concurrency: int | None = 1,
-        prefetch_multiplier: int | None = None,
-        seconds_per_dot: float | None = None,
-        extra_args: tuple[str, ...] = (),
-        env: dict[str, str] | None = None,
-        loglevel: str = "INFO",
-    ):
-        self.name = name
-        self.hostname = f"{name}@{os.uname().nodename}"
-        self.broker_url = broker_url
-        self.log_path = Path(log_dir) / f"{name}.log"
-        self.argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "proj",
-            "worker",
-            "-n",
-            f"{name}@%h",
-            "-l",
-            loglevel,
-            "--without-mingle",
-            "--without-gossip",
-        ]
-        if concurrency is not None:  # None: the config's default, as a plain `celery -A proj worker`
-            self.argv += ["-c", str(concurrency)]
-        self.argv += list(extra_args)
-        self.env = dict(os.environ)
-        self.env.update(env or {})
-        if prefetch_multiplier is not None:
-            # Not --prefetch-multiplier: Celery's CLI reads 0 (unlimited) as "not given".
-            self.env["PROJ_PREFETCH_MULTIPLIER"] = str(prefetch_multiplier)
-        self.env["CELERY_BROKER_URL"] = broker_url
-        if seconds_per_dot is not None:
-            self.env["PROJ_SECONDS_PER_DOT"] = str(seconds_per_dot)
-        self.env["PYTHONUNBUFFERED"] = "1"
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str], cwd: Path = REPO_ROOT):
+        self.argv, self.log_path, self.env, self.cwd = argv, Path(log_path), env, cwd
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> WorkerProcess:
+    def start(self):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 self.argv,
-                cwd=REPO_ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -87,7 +46,7 @@ class WorkerProcess:
             )
         return self
 
-    def __enter__(self) -> WorkerProcess:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -114,11 +73,75 @@ class WorkerProcess:
                 return
             if not self.alive():
                 raise RuntimeError(
-                    f"worker {self.name} exited ({self.proc.returncode}) before printing "
-                    f"{text!r}:\n{self.log()[-3000:]}"
+                    f"{self.argv[0]} exited ({self.proc.returncode}) before printing {text!r}:\n{self.log()[-3000:]}"
                 )
             time.sleep(0.05)
-        raise TimeoutError(f"worker {self.name} did not print {text!r} within {timeout} s:\n{self.log()[-3000:]}")
+        raise TimeoutError(f"{self.log_path.stem} did not print {text!r} within {timeout} s:\n{self.log()[-3000:]}")
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            os.kill(self.pid, signum)
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the process and every process in its group (children, orphans included)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+
+
+class WorkerProcess(LoggedProcess):
+    """One ``celery -A proj worker -n NAME@%h`` subprocess."""
+
+    def __init__(
+        self,
+        name: str,
+        broker_url: str,
+        log_dir: Path,
+        *,
+        concurrency: int | None = 1,
+        prefetch_multiplier: int | None = None,
+        seconds_per_dot: float | None = None,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        loglevel: str = "INFO",
+    ):
+        self.name = name
+        self.hostname = f"{name}@{os.uname().nodename}"
+        self.broker_url = broker_url
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "proj",
+            "worker",
+            "-n",
+            f"{name}@%h",
+            "-l",
+            loglevel,
+            "--without-mingle",
+            "--without-gossip",
+        ]
+        if concurrency is not None:  # None: the config's default, as a plain `celery -A proj worker`
+            argv += ["-c", str(concurrency)]
+        argv += list(extra_args)
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        if prefetch_multiplier is not None:
+            # Not --prefetch-multiplier: Celery's CLI reads 0 (unlimited) as "not given".
+            full_env["PROJ_PREFETCH_MULTIPLIER"] = str(prefetch_multiplier)
+        full_env["CELERY_BROKER_URL"] = broker_url
+        if seconds_per_dot is not None:
+            full_env["PROJ_SECONDS_PER_DOT"] = str(seconds_per_dot)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        super().__init__(argv, Path(log_dir) / f"{name}.log", full_env)
 
     def wait_ready(self, timeout: float = 60) -> WorkerProcess:
         self.wait_for_line(READY_LINE, timeout)
@@ -132,24 +155,7 @@ class WorkerProcess:
             return []
         return [int(p) for p in text.split()]
 
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            os.kill(self.pid, signum)
-
-    def wait_exit(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
     def warm_shutdown(self, timeout: float = 30) -> int:
         """One Ctrl+C: finish the running task, ack it, exit."""
         self.signal(signal.SIGINT)
         return self.wait_exit(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL the worker and every process in its group (pool children, orphans included)."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)

@@ -29,9 +29,8 @@ from conftest import SECONDS_PER_DOT, TIMEOUT, publish, wait_until
 from proj import config
 from proj.broker import Node, free_port
 from proj.management import Management
-from proj.workers import WorkerProcess
+from proj.workers import LoggedProcess, WorkerProcess
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 #: Debian's chromium as root in a container: no sandbox, no GPU, nothing fetched from the network.
 CHROMIUM_ARGS = [
@@ -56,7 +55,7 @@ PAGE_TIMEOUT_MS = 30_000
 # -- a real Flower ---------------------------------------------------------------------------------
 
 
-class FlowerProcess:
+class FlowerProcess(LoggedProcess):
     """``celery -A proj flower`` in its own process group, run from the repository (its flowerconfig.py)."""
 
     def __init__(
@@ -71,44 +70,23 @@ class FlowerProcess:
         env: dict[str, str] | None = None,
     ):
         self.port = port or free_port()
-        self.log_path = log_path
-        self.argv = [sys.executable, "-m", "celery", "-A", "proj", "flower", f"--port={self.port}"]
+        argv = [sys.executable, "-m", "celery", "-A", "proj", "flower", f"--port={self.port}"]
         if address is not None:
-            self.argv.append(f"--address={address}")
+            argv.append(f"--address={address}")
         # Nothing of the caller's Flower or management settings leaks in: only what the test says.
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_") and k != "PROJ_MANAGEMENT_URL"}
-        self.env.update(CELERY_BROKER_URL=broker_url, PYTHONUNBUFFERED="1")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_") and k != "PROJ_MANAGEMENT_URL"}
+        full_env.update(CELERY_BROKER_URL=broker_url, PYTHONUNBUFFERED="1")
         if management_url:
-            self.env["PROJ_MANAGEMENT_URL"] = management_url
+            full_env["PROJ_MANAGEMENT_URL"] = management_url
         if basic_auth:
-            self.env["FLOWER_BASIC_AUTH"] = basic_auth
-        self.env.update(env or {})
+            full_env["FLOWER_BASIC_AUTH"] = basic_auth
+        full_env.update(env or {})
         self.auth = basic_auth.split(",")[0] if basic_auth else None
-        self.proc: subprocess.Popen | None = None
+        super().__init__(argv, log_path, full_env)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FlowerProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def wait_ready(self, timeout: float = TIMEOUT) -> FlowerProcess:
         """Until Flower answers HTTP (with or without credentials)."""
@@ -141,18 +119,10 @@ class FlowerProcess:
 
     def stop(self) -> None:
         """SIGTERM (Flower's clean stop), then SIGKILL the whole group if it lingers."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
+        self.signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired, AssertionError):
+            self.wait_exit(10)
+        self.kill()
 
 
 # -- the scenario ----------------------------------------------------------------------------------

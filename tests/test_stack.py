@@ -31,6 +31,7 @@ from test_flower import FlowerProcess
 
 from proj import config
 from proj.broker import Node, free_port, pid_alive
+from proj.workers import LoggedProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -133,7 +134,9 @@ def processes_with_environment(marker: str) -> dict[int, str]:
 # -- the stack -------------------------------------------------------------------------------------
 
 
-class Stack:
+class Stack(LoggedProcess):
+    """`make up`, as a terminal's foreground job: its own process group, which Ctrl+C signals as a whole."""
+
     def __init__(self, tmp_path: Path):
         self.port = free_port(avoid=(5672, 15672, 5555))
         self.management_port = free_port(avoid=(5672, 15672, 5555, self.port))
@@ -149,44 +152,28 @@ class Stack:
             "PROJ_SECONDS_PER_DOT": "0.1",
         }
         self.env_file.write_text("".join(f"{k}={v}\n" for k, v in self.settings.items()))
-        self.log_path = tmp_path / "stack.log"
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
-        self.proc: subprocess.Popen | None = None
         self.record: ProcessRecord | None = None
         # What honcho would get from a user's shell: no broker, management or Flower settings of ours.
-        self.env = {
+        env = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith(("FLOWER_", "PROJ_")) and k not in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
         }
-        self.env["PATH"] = f"{VENV_BIN}{os.pathsep}{self.env.get('PATH', '')}"
+        env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
         # Lines reach the log as they are printed (a terminal would get them line by line too).
-        self.env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONUNBUFFERED"] = "1"
+        argv = ["make", "-C", str(REPO_ROOT), "up", f"PROJ_VENV={VENV_BIN.parent}", f"ENV_FILE={self.env_file}"]
+        super().__init__(argv, tmp_path / "stack.log", env)
 
     @property
     def marker(self) -> str:
         return f"PROJ_BROKER_DATA_DIR={self.data_dir}"
 
     def start(self) -> Stack:
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                ["make", "-C", str(REPO_ROOT), "up", f"PROJ_VENV={VENV_BIN.parent}", f"ENV_FILE={self.env_file}"],
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # A terminal's foreground job: its own process group, which Ctrl+C signals as a whole.
-                start_new_session=True,
-            )
+        super().start()
         self.record = ProcessRecord(self.proc.pid).start()
         return self
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def lines_of(self, process: str) -> list[str]:
         """What one Procfile process printed (honcho prefixes each line with "HH:MM:SS name.1 | ")."""
