@@ -47,7 +47,9 @@ class MessageTask(Task):
             # the broker could not be reached within PROJ_PUBLISH_TIMEOUT
             from .management import hide_password
 
-            raise PublishError(f"could not publish to {hide_password(self.app.conf.broker_url)}: {exc}") from exc
+            conn = options.get("connection")
+            url = conn.as_uri() if conn is not None else self.app.conf.broker_url
+            raise PublishError(f"could not publish to {hide_password(url)}: {exc}") from exc
         except PreconditionFailed as exc:
             raise PublishError(topology.explain_mismatch(exc.reply_text) or exc.reply_text) from None
 

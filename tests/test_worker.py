@@ -121,3 +121,16 @@ def test_worker_imports_cleanly_with_warnings_as_errors():
     out = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+def test_delay_from_another_thread_reaches_task_queue(fresh_queue):
+    # Given a thread other than the one that imported the app (a web server's pool, say)
+    import threading
+
+    sent = []
+    thread = threading.Thread(target=lambda: sent.append(work.delay("From a thread.")))
+    # When it sends a task
+    thread.start()
+    thread.join(TIMEOUT)
+    # Then the task is in task_queue, not in a queue of Celery's fallback app that nobody consumes
+    assert sent and queue_depth(fresh_queue.url) == 1

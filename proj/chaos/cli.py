@@ -1,0 +1,132 @@
+"""``proj chaos``: numbered tasks, random faults, and a count of every task.
+
+Usage::
+
+    proj chaos                                  # 500 tasks, 3 workers, 10 faults, private broker
+    proj chaos --tasks 5000 --faults 50 --seed 7 --json
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the count found a lost, unexpected or unexplained task, or a message left over
+EXIT_ERROR = 2  # the run could not be carried out
+EXIT_INTERRUPTED = 130
+
+
+@click.command()
+@click.option("--tasks", type=click.IntRange(1, 99_999), default=500, show_default=True, help="Numbered tasks.")
+@click.option("--workers", type=click.IntRange(1, 16), default=3, show_default=True, help="Worker processes.")
+@click.option("--faults", type=click.IntRange(0), default=10, show_default=True, help="Faults to inject.")
+@click.option("--seed", type=int, default=None, help="Seed of the fault schedule and the messages [random].")
+@click.option(
+    "--seconds-per-dot", type=click.FloatRange(0), default=0.01, show_default=True, help="Work time of one '.'."
+)
+@click.option(
+    "--broker-url",
+    default=None,
+    help="Use this running broker (its task_queue empty and idle) instead of a private node; no broker restarts.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run dir: ledger.sqlite, report.json, schedule.json, worker and broker logs [a new temp dir].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (progress goes to stderr).")
+def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, as_json) -> None:
+    """Publish numbered tasks, kill workers and restart the broker at random, then count every task.
+
+    Faults: SIGKILL a worker, SIGKILL a pool child, SIGQUIT (cold shutdown), SIGTERM (warm
+    shutdown), broker restart. Exit status 0 only if no task was lost, none ran unpublished, every
+    duplicate run is explained by a fault and task_queue ends empty.
+    """
+    from .run import Chaos, ChaosError, Settings
+
+    settings = Settings(
+        tasks=tasks,
+        workers=workers,
+        faults=faults,
+        seed=seed,
+        seconds_per_dot=seconds_per_dot,
+        broker_url=broker_url,
+        out=out,
+    )
+    run = Chaos(settings, out=sys.stderr if as_json else sys.stdout)
+    # SIGTERM (timeout, docker stop, a CI runner) ends the run like Ctrl+C: everything started is stopped.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = run.run()
+    except ChaosError as exc:
+        where = f" (run dir {run.run_dir})" if run.run_dir else ""
+        click.echo(f"proj chaos: {exc}{where}", err=True)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        click.echo(f"proj chaos: interrupted; what ran is in {run.run_dir}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for line in summary(report):
+            click.echo(line)
+    sys.exit(EXIT_OK if report["ok"] else EXIT_FAILED)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _s(x) -> str:
+    return "-" if x is None else f"{x:.2f} s"
+
+
+def summary(report: dict) -> list[str]:
+    """The figures, as lines for a terminal."""
+    lat = report["redelivery_latency"]
+    q = report.get("queue") or {}
+    faults = ", ".join(f"{k} {n}" for k, n in sorted(report["faults"].items())) or "none"
+    lines = [
+        "",
+        f" [x] published {report['published']} (confirmed), completed {report['completed']}",
+        f" [x] lost {report['lost']}, unexpected {report['unexpected']}, duplicated {report['duplicated']} "
+        f"({report['duplicated_explained']} explained, {report['duplicated_unexplained']} unexplained)",
+        f" [x] faults injected {report['faults_total']}: {faults}"
+        + (f"; {len(report['faults_skipped'])} skipped" if report["faults_skipped"] else ""),
+        f" [x] redelivery latency (fault -> task started again, {lat['count']} tasks): "
+        f"p50 {_s(lat['p50'])}, p99 {_s(lat['p99'])}",
+        f" [x] throughput {report['throughput']} tasks/s over {report['work_seconds']} s; "
+        f"elapsed {report['elapsed']} s",
+        f" [x] task_queue: {q.get('ready')} ready, {q.get('unacked')} unacked"
+        + (f"; {q['dead_letters']} in the dead-letter queue" if q.get("dead_letters") else ""),
+    ]
+    if q.get("other_queues"):
+        others = ", ".join(f"{name} {n}" for name, n in q["other_queues"].items())
+        lines.append(f" [!] messages in other queues: {others}")
+    if report.get("broker_restarts"):
+        lines.append(f" [*] broker restarts {report['broker_restarts']}")
+    if report["republished"]:
+        lines.append(f" [*] {report['republished']} publishes retried after a broker error (each may run twice)")
+    if report["lost_ids"]:
+        lines.append(f" [!] lost: {', '.join(report['lost_ids'])}")
+    if report["unexpected_ids"]:
+        lines.append(f" [!] unexpected: {', '.join(report['unexpected_ids'])}")
+    for dup in report["unexplained"]:
+        lines.append(f" [!] unexplained duplicate: {dup['task_id']} done {dup['done']} times")
+    if report["mismatched"]:
+        lines.append(f" [!] {report['mismatched']} tasks ran with another message than published")
+    for err in report["errors"]:
+        lines.append(f" [!] {err}")
+    if report.get("publisher_failure"):
+        lines.append(f" [!] {report['publisher_failure']}")
+    lines.append(f" [*] run dir: {report['run_dir']} (ledger.sqlite, report.json, chaos.log, workers/)")
+    lines.append(" OK: every task accounted for" if report["ok"] else " FAILED: see above and report.json")
+    return lines

@@ -1,0 +1,188 @@
+"""``proj chaos``: numbered tasks, random faults, then every task accounted for.
+
+One real run (a private RabbitMQ node, three real workers, kills, shutdowns and a broker restart)
+through the command itself, and the pure parts: the seeded schedule, and a checker that does fail
+when a task is missing or ran twice for no reason.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from proj import ledger
+from proj.chaos.checker import Fault, check
+from proj.chaos.schedule import KINDS, RESTART_BROKER, fault_schedule, task_messages
+from proj.workers import REPO_ROOT
+
+#: A seed whose 8 faults take in every kind, the broker restart once (a restart costs ~12 s).
+SEED = 0
+TASKS, FAULTS, WORKERS = 300, 8, 3
+RUN_TIMEOUT = 240
+
+
+def run_chaos(*args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    """``proj chaos ARGS``; on a timeout it gets SIGTERM (it then stops what it started) before SIGKILL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proj", "chaos", *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"proj chaos did not finish within {timeout} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_chaos_run_with_kills_shutdowns_and_a_broker_restart_loses_no_task(tmp_path):
+    # Given a schedule of 8 faults on 3 workers that includes a broker restart
+    schedule = fault_schedule(SEED, FAULTS, TASKS, WORKERS)
+    assert RESTART_BROKER in {f.kind for f in schedule}
+
+    # When proj chaos publishes 300 numbered tasks through those faults
+    run_dir = tmp_path / "run"
+    result = run_chaos(
+        "--tasks", str(TASKS), "--faults", str(FAULTS), "--workers", str(WORKERS),
+        "--seed", str(SEED), "--out", str(run_dir), "--json",
+    )  # fmt: skip
+
+    # Then it reports every task accounted for, and exits 0
+    report = json.loads(result.stdout)
+    explain = f"{json.dumps(report, indent=1)[:4000]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, explain
+    assert report["published"] == TASKS and report["lost"] == 0 and report["unexpected"] == 0, explain
+    assert report["duplicated_unexplained"] == 0, explain
+    # And every fault of the schedule hit, the broker restart among them
+    assert report["faults_total"] == FAULTS and report["faults"].get(RESTART_BROKER, 0) >= 1, explain
+    # And task_queue ended with nothing ready and nothing unacknowledged
+    assert report["queue"]["ready"] == 0 and report["queue"]["unacked"] == 0, explain
+    # And the ledger the workers wrote agrees: 300 distinct tasks done, all of this run
+    rows = ledger.rows(str(run_dir / "ledger.sqlite"))
+    done = {r["task_id"] for r in rows if r["event"] == "done"}
+    assert len(done) == TASKS and all(t.startswith(f"chaos-{report['run_id']}-") for t in done)
+    assert (run_dir / "report.json").exists()
+
+
+def test_the_same_seed_gives_the_same_fault_schedule_and_messages():
+    # Given one seed, drawn twice
+    first = fault_schedule(7, 50, 5000, 3)
+    second = fault_schedule(7, 50, 5000, 3)
+
+    # Then the faults are the same, in the same order, at the same points, on the same workers
+    assert first == second
+    assert task_messages(7, 100) == task_messages(7, 100)
+    # And another seed draws another schedule
+    assert fault_schedule(8, 50, 5000, 3) != first
+    # And the schedule keeps within the run: every kind drawn, thresholds inside the tasks, sorted
+    assert set(Counter(f.kind for f in first)) == set(KINDS)
+    assert [f.after_done for f in first] == sorted(f.after_done for f in first)
+    assert all(0 < f.after_done < 5000 and 0 <= f.worker < 3 for f in first)
+
+
+def test_a_broker_restart_is_forced_into_any_schedule_that_may_have_one():
+    # Given seeds whose uniform draw alone would leave out the broker restart
+    schedules = [fault_schedule(seed, 2, 300, 3) for seed in range(50)]
+
+    # Then each schedule has one; and none when broker restarts are not allowed (--broker-url)
+    assert all(RESTART_BROKER in {f.kind for f in s} for s in schedules)
+    no_restart = [k for k in KINDS if k != RESTART_BROKER]
+    assert all(f.kind != RESTART_BROKER for f in fault_schedule(3, 20, 300, 3, kinds=tuple(no_restart)))
+
+
+def row(task_id, event, pid, at, message=None):
+    return {"task_id": task_id, "message": message or f"m {task_id}", "event": event, "redelivered": 0, "pid": pid,
+            "at": at}  # fmt: skip
+
+
+def done_once(task_id, pid, at):
+    return [row(task_id, "start", pid, at), row(task_id, "done", pid, at + 0.01)]
+
+
+def test_checker_reports_a_published_task_with_no_done_row_as_lost():
+    # Given three confirmed tasks and a ledger in which the third started and never finished
+    published = {t: f"m {t}" for t in ("t1", "t2", "t3")}
+    rows = done_once("t1", 100, 1.0) + done_once("t2", 100, 2.0) + [row("t3", "start", 100, 3.0)]
+
+    # When the checker counts them
+    report = check(published, rows, queue={"ready": 0, "unacked": 0})
+
+    # Then it reports one lost task, by id, and fails the run
+    assert report["lost"] == 1 and report["lost_ids"] == ["t3"]
+    assert report["completed"] == 2 and report["ok"] is False
+
+
+def test_checker_counts_a_row_of_a_task_never_published_as_unexpected():
+    published = {"t1": "m t1"}
+    rows = done_once("t1", 100, 1.0) + done_once("stranger", 100, 2.0)
+
+    report = check(published, rows, queue={"ready": 0, "unacked": 0})
+
+    assert report["unexpected"] == 1 and report["unexpected_ids"] == ["stranger"] and report["ok"] is False
+
+
+def test_checker_explains_a_second_run_after_the_kill_of_the_process_running_the_first():
+    # Given a task whose process was SIGKILLed mid-task, and which then ran again elsewhere to the end,
+    # and a task that ran twice while no fault was anywhere near it
+    published = {"hit": "m hit", "twice": "m twice"}
+    rows = (
+        [row("hit", "start", 100, 10.0)]
+        + done_once("hit", 200, 12.5)
+        + done_once("twice", 200, 20.0)
+        + done_once("twice", 300, 30.0)
+    )
+    kill = Fault("kill_worker", begin=10.5, end=10.5, pids=frozenset({100}), worker="w1#0")
+
+    # When the checker counts them
+    report = check(published, rows, [kill], queue={"ready": 0, "unacked": 0})
+
+    # Then the killed task is no duplicate (it finished once) and its redelivery took 2 s
+    assert report["lost"] == 0
+    assert report["redelivery_latency"]["count"] == 1 and report["redelivery_latency"]["p50"] == 2.0
+    # And the task that ran twice for no reason is an unexplained duplicate, which fails the run
+    assert report["duplicated"] == 1 and report["duplicated_unexplained"] == 1
+    assert report["unexplained"][0]["task_id"] == "twice" and report["ok"] is False
+
+
+def test_checker_explains_a_duplicate_whose_ack_was_cut_off_by_a_broker_restart():
+    # Given a task finished just before the broker went down (its ack never arrived) and run again after
+    published = {"t1": "m t1"}
+    rows = done_once("t1", 100, 5.0) + done_once("t1", 100, 20.0)
+    restart = Fault("restart_broker", begin=5.2, end=15.0)
+
+    report = check(published, rows, [restart], queue={"ready": 0, "unacked": 0})
+
+    assert report["duplicated"] == 1 and report["duplicated_explained"] == 1 and report["ok"] is True
+
+
+def test_checker_fails_a_run_that_leaves_messages_in_the_queue():
+    published = {"t1": "m t1"}
+    report = check(published, done_once("t1", 100, 1.0), queue={"ready": 0, "unacked": 1})
+    assert report["leftover"] is True and report["ok"] is False
+
+
+def test_chaos_refuses_a_run_dir_that_already_holds_a_run(tmp_path):
+    # Given a directory with the ledger of an earlier run
+    (tmp_path / "ledger.sqlite").write_bytes(b"")
+
+    # When proj chaos is pointed at it
+    result = run_chaos("--out", str(tmp_path), timeout=60)
+
+    # Then it says so in one line and exits non-zero, before starting anything
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"proj chaos: {tmp_path} already holds a chaos run (ledger.sqlite): pass an empty --out"
+    ]
