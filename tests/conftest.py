@@ -122,6 +122,13 @@ def recorder(fresh_queue, recorder_for) -> EventRecorder:
     return recorder_for(fresh_queue.url)
 
 
+def channel_of(consumer: dict) -> str | None:
+    """The name of a consumer's channel, as the management API lists it (None while it is not known yet:
+    the API gives an empty list until the channel's statistics arrive)."""
+    details = consumer.get("channel_details")
+    return details.get("name") if isinstance(details, dict) else None
+
+
 def publish(url: str, messages: list[str], **options) -> list[str]:
     """Send each message as ``proj.tasks.work`` through one confirmed connection; returns the task ids."""
     from proj.celery import app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from conftest import TIMEOUT, publish, wait_until
+from conftest import TIMEOUT, channel_of, publish, wait_until
 
 from proj import config
 
@@ -89,7 +89,7 @@ class UnackedSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
-            consumers = {c["channel_details"]["name"]: c for c in consumers_on_task_queue(self.mgmt)}
+            consumers = {channel_of(c): c for c in consumers_on_task_queue(self.mgmt) if channel_of(c)}
             for ch in self.mgmt.channels():
                 if ch["name"] in consumers:
                     self.samples += 1
