@@ -107,6 +107,18 @@ class Consumer(CeleryConsumer):
 
         return on_task_received
 
+    def connection_for_write(self, url=None, heartbeat=None):
+        """The event dispatcher's connection (this method's only caller in Celery 5.7), without confirms.
+
+        Task events are status reports for Flower and the event stream, not work: waiting for the broker
+        to confirm each of them (three per task) cost the worker's main process a round trip apiece.
+        Task messages, results, dead letters and every producer keep their confirms.
+        proj bench --variants, W = 2: no-op tasks drained 1.43x faster (583 -> 835/s), 10 ms tasks 1.04x.
+        """
+        return self.ensure_connected(
+            self.app.connection_for_write(url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False})
+        )
+
     def dead_letter(self, message, reason: str) -> None:
         logger.error("Moved a message to %s: %s", config.DEAD_QUEUE_NAME, reason)
         deadletter.dead_letter(self.app, message, reason)

@@ -1,0 +1,1 @@
+"""``proj bench``: the work queue measured against the tutorial's raw pika ``worker.py``, side by side."""

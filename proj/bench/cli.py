@@ -1,0 +1,115 @@
+"""``proj bench``: the work queue against the tutorial's raw pika worker, side by side, on a private broker.
+
+Usage::
+
+    proj bench                 # every section, under 10 minutes
+    proj bench --quick         # every section, smaller, under 2 minutes
+    proj bench --json --out results/
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Every section with fewer tasks and runs (under 2 minutes).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead of the table.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write bench.json and bench.md into this folder.",
+)
+@click.option(
+    "--scale",
+    type=click.FloatRange(min=0.05, max=10.0),
+    default=1.0,
+    show_default=True,
+    help="Multiply task counts and durations (smaller for a smoke run, larger for steadier figures).",
+)
+@click.option(
+    "--variants",
+    is_flag=True,
+    help="Instead: drain throughput of the shipped settings against one change at a time (events, pool, ...).",
+)
+@click.option(
+    "--profile",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Instead: profile one worker's per-task path with py-spy (pip install py-spy); samples go here.",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep the broker's data and the workers' logs here (default: a temporary folder, removed at the end).",
+)
+def bench(
+    quick: bool,
+    as_json: bool,
+    out: Path | None,
+    scale: float,
+    variants: bool,
+    profile: Path | None,
+    work_dir: Path | None,
+) -> None:
+    """Measure Celery against the tutorial's pika worker: throughput, latency, dispatch, redelivery, memory."""
+    from ..broker import BrokerError
+    from . import profile as profile_mod
+    from . import report
+    from . import variants as variants_mod
+    from .run import Plan, run
+
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _fail(f"cannot write to --out {out}: {exc.strerror}; pick a folder you can write to")
+    if variants and profile is not None:
+        _fail("--variants and --profile are two different runs: pick one")
+    if profile is not None:
+        try:
+            profile_mod.py_spy()
+        except RuntimeError as exc:
+            _fail(str(exc))
+    plan = Plan.make(quick, scale)
+    try:
+        if profile is not None:
+            figures = profile_mod.run(plan, profile, work_dir)
+        elif variants:
+            figures = variants_mod.run(plan, work_dir=work_dir)
+        else:
+            figures = run(plan, work_dir)
+    except BrokerError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted; every worker and the broker were stopped")
+    except (RuntimeError, TimeoutError) as exc:
+        _fail(f"a measurement failed: {str(exc).splitlines()[0]}")
+    figures["quick"] = quick
+    figures["scale"] = scale
+    if profile is not None:
+        table = profile_mod.markdown(figures)
+    elif variants:
+        table = variants_mod.markdown(figures)
+    else:
+        figures["targets"] = report.targets(figures)
+        table = report.markdown(figures)
+    text = json.dumps(figures, indent=2)
+    if out is not None:
+        (out / "bench.json").write_text(text + "\n")
+        (out / "bench.md").write_text(table)
+    click.echo(text if as_json else table.rstrip("\n"))
+
+
+def _fail(message: str) -> None:
+    click.echo(f"proj bench: {message}", err=True)
+    sys.exit(EXIT_FAILED)
