@@ -190,7 +190,8 @@ def test_tutorial_text_is_acked_only_after_the_work_and_redelivered_if_its_worke
 ):
     # Given two workers, and a long plain-text message from the tutorial's producer
     workers = {w.hostname: w for w in (start_worker("w1", fresh_queue.url), start_worker("w2", fresh_queue.url))}
-    pika_publish(fresh_queue, "Long text" + "." * 30)
+    # (8 s at the tests' 0.1 s per dot: long enough to still run after the broker's statistics show it)
+    pika_publish(fresh_queue, "Long text" + "." * 80)
 
     # When it is running (one unacked message on the broker), its worker is SIGKILLed
     recorder.wait_for(lambda r: any(t.started for t in r.snapshot()), TIMEOUT, "task started")
@@ -203,7 +204,7 @@ def test_tutorial_text_is_acked_only_after_the_work_and_redelivered_if_its_worke
     # Then the other worker runs it, flagged redelivered, and the queue is left empty
     recorder.wait_for(lambda r: any(t.succeeded for t in r.snapshot()), TIMEOUT, "task succeeded")
     (done,) = [t for t in recorder.snapshot() if t.succeeded]
-    assert done.message == "Long text" + "." * 30
+    assert done.message == "Long text" + "." * 80
     assert [host for host, _ in done.succeeded] == [other.hostname]
     assert done.redelivered and done.redelivered[0][0] == other.hostname
     wait_until(lambda: settled(fresh_queue, mgmt), what="task_queue empty")
