@@ -121,9 +121,20 @@ class Node:
     password: str = "guest"
     #: RabbitMQ's management statistics interval; short, so queue counts are fresh.
     stats_interval_ms: int = 500
+    #: $HOME, where Erlang keeps the cookie (``.erlang.cookie``): the data dir, unless nodes share one.
+    home: Path | None = None
+    #: False when another process (``proj.cluster.Cluster``) runs the epmd at ``epmd_port`` for several nodes.
+    own_epmd: bool = True
+    #: Lines added to rabbitmq.conf (a cluster's peer discovery, for example).
+    extra_config: tuple[str, ...] = ()
+    #: Erlang VM flags added to the node's own (``+S 1:1``: one scheduler thread).
+    erl_args: str = ""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
+        if self.home is not None:
+            self.home = Path(self.home).absolute()
+        self.extra_config = tuple(self.extra_config)
         if not self.node_name:
             self.node_name = f"proj-{self.port}@localhost"
         elif "@" not in self.node_name:
@@ -169,6 +180,8 @@ class Node:
     def _write_state(self, **pids) -> None:
         node = dataclasses.asdict(self)
         node["data_dir"] = str(self.data_dir)
+        node["home"] = str(self.home) if self.home is not None else None
+        node["extra_config"] = list(self.extra_config)
         self.state_path.write_text(json.dumps({"node": node, **pids}, indent=2) + "\n")
 
     # -- the environment RabbitMQ's scripts read ------------------------------------------------
@@ -182,8 +195,8 @@ class Node:
                 del env[key]
         env.update(
             {
-                # The Erlang cookie lives in $HOME/.erlang.cookie: keep it in the data dir.
-                "HOME": str(d),
+                # The Erlang cookie lives in $HOME/.erlang.cookie: keep it in the data dir (or the cluster's).
+                "HOME": str(self.home or d),
                 "RABBITMQ_NODENAME": self.node_name,
                 "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
                 "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
@@ -197,7 +210,9 @@ class Node:
                 "ERL_EPMD_PORT": str(self.epmd_port),
                 "ERL_EPMD_ADDRESS": "127.0.0.1",
                 # Erlang distribution on loopback only.
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": " ".join(
+                    ["-kernel inet_dist_use_interface {127,0,0,1}", *([self.erl_args] if self.erl_args else [])]
+                ),
             }
         )
         return env
@@ -218,6 +233,7 @@ class Node:
                     f"default_user = {self.user}",
                     f"default_pass = {self.password}",
                     "log.file.level = info",
+                    *self.extra_config,
                     "",
                 ]
             )
@@ -235,6 +251,8 @@ class Node:
             wanted = saved.get("dist_port") or self.port + 20000
             self.dist_port = wanted if wanted <= 65535 and port_is_free(wanted) else free_port(taken)
         if not self.epmd_port:
+            if not self.own_epmd:
+                raise BrokerError(f"node {self.node_name} shares an epmd but was given no epmd_port")
             wanted = saved.get("epmd_port")
             self.epmd_port = wanted if wanted and port_is_free(wanted) else free_port(taken + (self.dist_port,))
 
@@ -264,16 +282,12 @@ class Node:
         self._write_config()
         (self.data_dir / "log").mkdir(exist_ok=True)
 
-        epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
         env = self.env()
-        epmd_proc = _spawn(
-            [epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
-            env,
-            self.data_dir,
-            self.data_dir / "log" / "epmd.log",
-        )
+        epmd_pid = None
+        if self.own_epmd:
+            epmd_pid = spawn_epmd(self.epmd_port, env, self.data_dir, self.data_dir / "log" / "epmd.log").pid
         server = _spawn([str(bin_dir / "rabbitmq-server")], env, self.data_dir, self.data_dir / "log" / "server.out")
-        self._write_state(pid=server.pid, pgid=server.pid, epmd_pid=epmd_proc.pid, started_at=time.time())
+        self._write_state(pid=server.pid, pgid=server.pid, epmd_pid=epmd_pid, started_at=time.time())
         try:
             self.wait_ready(timeout, process=server)
         except BaseException:
@@ -397,6 +411,12 @@ class Node:
             self.stop()
             for s, handler in old.items():
                 signal.signal(s, handler)
+
+
+def spawn_epmd(port: int, env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+    """Erlang's port mapper on 127.0.0.1:``port``, where nodes register and peers and CLI tools find them."""
+    epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+    return _spawn([epmd, "-port", str(port), "-address", "127.0.0.1"], env, cwd, log)
 
 
 #: The processes this Python process started, so their exit is reaped (no zombies) and seen.

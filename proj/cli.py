@@ -89,13 +89,39 @@ def broker() -> None:
     """A private RabbitMQ node on 127.0.0.1, all its files in one data dir."""
 
 
+cluster_option = click.option(
+    "--cluster",
+    "cluster_size",
+    type=click.IntRange(3, 7),
+    default=None,
+    help="A cluster of N nodes (3 to 7) in the data dir: node i on --port + i - 1, --management-port + i - 1.",
+)
+
+
+def _cluster(data_dir: Path, size: int | None, port: int | None = None, management_port: int | None = None):
+    """The cluster of a data dir (its saved settings, or these); None if it holds none and no size is given."""
+    from . import cluster as cluster_mod
+
+    if size is None and not cluster_mod.is_cluster_dir(data_dir):
+        return None
+    return cluster_mod.Cluster.from_data_dir(data_dir, size=size, port=port, management_port=management_port)
+
+
 @broker.command()
 @node_options
+@cluster_option
 @click.option("--foreground", is_flag=True, help="Stay attached; stop the node on Ctrl+C or SIGTERM.")
-def start(data_dir, port, management_port, node_name, foreground) -> None:
-    """Start a node and return once it accepts AMQP connections."""
-    node = _node(data_dir, port, management_port, node_name)
+def start(data_dir, port, management_port, node_name, cluster_size, foreground) -> None:
+    """Start a node (or a cluster) and return once it accepts AMQP connections."""
     try:
+        cluster = _cluster(data_dir, cluster_size, port, management_port)
+        if cluster is not None:
+            if foreground or node_name:
+                _fail(f"{'--foreground' if foreground else '--node-name'} is for one node, not a cluster: leave it out")
+            cluster.start()
+            _print_cluster_started(cluster)
+            return
+        node = _node(data_dir, port, management_port, node_name)
         if foreground:
             sys.exit(node.run_foreground())
         node.start()
@@ -110,10 +136,33 @@ def _print_started(node: broker_mod.Node) -> None:
     click.echo(f"export PROJ_MANAGEMENT_URL={node.management_url}")
 
 
+def _print_cluster_started(cluster) -> None:
+    click.echo(f" [*] RabbitMQ cluster of {cluster.size} nodes running, data in {cluster.data_dir}")
+    for i, node in enumerate(cluster.nodes, 1):
+        click.echo(
+            f" [*] node {i} {node.node_name}: AMQP 127.0.0.1:{node.port}, management 127.0.0.1:{node.management_port}"
+        )
+    # Quoted: the failover list's ';' would end the command in a shell.
+    click.echo(f"export CELERY_BROKER_URL='{cluster.url}'")
+    click.echo(f"export PROJ_MANAGEMENT_URL={cluster.management_url}")
+    click.echo("export PROJ_QUEUE_TYPE=quorum")
+
+
 @broker.command()
 @data_dir_option
-def stop(data_dir) -> None:
-    """Stop the node of a data dir (its data stays)."""
+@cluster_option
+def stop(data_dir, cluster_size) -> None:
+    """Stop the node (or every node of the cluster) of a data dir (its data stays)."""
+    try:
+        cluster = _cluster(data_dir, cluster_size)
+    except broker_mod.BrokerError as exc:
+        _fail(str(exc))
+    if cluster is not None:
+        if cluster.stop():
+            click.echo(f" [*] RabbitMQ cluster of {cluster.size} nodes stopped")
+        else:
+            click.echo(f" [*] no node of the cluster was running from {cluster.data_dir}")
+        return
     node = broker_mod.Node.from_data_dir(data_dir)
     if node.stop():
         click.echo(f" [*] RabbitMQ node {node.node_name} stopped")
@@ -123,21 +172,44 @@ def stop(data_dir) -> None:
 
 @broker.command()
 @node_options
-def restart(data_dir, port, management_port, node_name) -> None:
-    """Stop and start the node, keeping its data: durable queues and persistent messages survive."""
-    node = _node(data_dir, port, management_port, node_name)
+@cluster_option
+def restart(data_dir, port, management_port, node_name, cluster_size) -> None:
+    """Stop and start the node (or cluster), keeping its data: durable queues and persistent messages survive."""
     try:
+        cluster = _cluster(data_dir, cluster_size, port, management_port)
+        if cluster is not None:
+            if node_name:
+                _fail("--node-name is for one node, not a cluster: leave it out")
+            cluster.restart()
+            _print_cluster_started(cluster)
+            return
+        node = _node(data_dir, port, management_port, node_name)
         node.restart()
     except broker_mod.BrokerError as exc:
         _fail(str(exc))
     _print_started(node)
 
 
+#: `proj broker status --cluster`: exit status when some nodes of the cluster are down.
+EXIT_DEGRADED = 3
+
+
 @broker.command()
 @data_dir_option
+@cluster_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(data_dir, as_json) -> None:
-    """Say whether the node of a data dir runs, and on which ports. Exit status 1 if it does not."""
+def status(data_dir, cluster_size, as_json) -> None:
+    """Say whether the node (or cluster) of a data dir runs, and on which ports.
+
+    Exit status 1 if it does not run; for a cluster, 3 if some of its nodes are down.
+    """
+    try:
+        cluster = _cluster(data_dir, cluster_size)
+    except broker_mod.BrokerError as exc:
+        _fail(str(exc))
+    if cluster is not None:
+        _cluster_status(cluster, as_json)
+        return
     node = broker_mod.Node.from_data_dir(data_dir)
     info = node.status()
     # Where the node is, not its password: status output ends up in logs and bug reports.
@@ -154,6 +226,75 @@ def status(data_dir, as_json) -> None:
     else:
         click.echo(f" [*] no node running from {info['data_dir']}")
     sys.exit(EXIT_OK if info["running"] else EXIT_FAILED)
+
+
+def _cluster_status(cluster, as_json: bool) -> None:
+    info = cluster.status()
+    info["url"] = ";".join(hide_password(u) for u in info["url"].split(";"))
+    info["management_url"] = hide_password(info["management_url"])
+    for node in info["nodes"]:
+        node["url"], node["management_url"] = hide_password(node["url"]), hide_password(node["management_url"])
+    code = {"healthy": EXIT_OK, "down": EXIT_FAILED}.get(info["health"], EXIT_DEGRADED)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        sys.exit(code)
+    click.echo(
+        f" [*] cluster of {info['size']} nodes in {info['data_dir']}: {info['health']}, "
+        f"{info['running']}/{info['size']} running"
+        + (f", partitioned from {', '.join(info['partitions'])}" if info["partitions"] else "")
+    )
+    for node in info["nodes"]:
+        state = "running" if node["in_cluster"] else ("starting or cut off" if node["running"] else "down")
+        pid = f" (pid {node['pid']})" if node["running"] else ""
+        click.echo(
+            f"     node {node['number']} {node['node_name']}: {state}{pid}, AMQP 127.0.0.1:{node['port']}, "
+            f"management 127.0.0.1:{node['management_port']}"
+        )
+    for q in info["quorum_queues"]:
+        click.echo(
+            f"     quorum queue {q['name']}: leader {q['leader']}, {len(q['online'])}/{len(q['members'])} "
+            f"replicas online, {q['messages']} messages"
+        )
+    if info["running"]:
+        click.echo(f"CELERY_BROKER_URL={info['url']}")
+        click.echo(f"PROJ_MANAGEMENT_URL={info['management_url']}")
+    sys.exit(code)
+
+
+def _existing_cluster(data_dir: Path):
+    from . import cluster as cluster_mod
+
+    if not cluster_mod.is_cluster_dir(data_dir):
+        _fail(f"no cluster in {data_dir.absolute()}: `proj broker start --cluster 3 --data-dir {data_dir}` starts one")
+    return cluster_mod.Cluster.from_data_dir(data_dir)
+
+
+@broker.command("kill-node")
+@data_dir_option
+@click.argument("number", type=int)
+def kill_node(data_dir, number) -> None:
+    """SIGKILL node NUMBER of the cluster (1-based): a crash, for trying failover."""
+    try:
+        cluster = _existing_cluster(data_dir)
+        node = cluster.kill_node(number)
+    except broker_mod.BrokerError as exc:
+        _fail(str(exc))
+    running = len(cluster.running_nodes())
+    click.echo(f" [!] node {number} ({node.node_name}) killed with SIGKILL; {running}/{cluster.size} nodes running")
+
+
+@broker.command("start-node")
+@data_dir_option
+@click.argument("number", type=int)
+def start_node(data_dir, number) -> None:
+    """Start node NUMBER of the cluster again; return once the cluster runs it."""
+    try:
+        cluster = _existing_cluster(data_dir)
+        node = cluster.start_node(number)
+    except broker_mod.BrokerError as exc:
+        _fail(str(exc))
+    running = len(cluster.running_nodes())
+    click.echo(f" [*] node {number} ({node.node_name}) back in the cluster; {running}/{cluster.size} nodes running")
 
 
 # -- proj demo -----------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import uuid
 
 from celery.utils.log import get_logger
 from celery.worker.consumer import Consumer as CeleryConsumer
+from celery.worker.consumer.delayed_delivery import DelayedDelivery as CeleryDelayedDelivery
+from kombu.utils.url import maybe_sanitize_url
 
 from . import config, deadletter
 
@@ -80,8 +82,31 @@ def deliveries(message) -> int:
     return count + 1 if (message.delivery_info or {}).get("redelivered") else count
 
 
+class DelayedDelivery(CeleryDelayedDelivery):
+    """Celery's native delayed delivery (quorum queues), set up through the node the worker is connected to.
+
+    Celery declares its delayed-delivery exchanges and queues through every URL of a failover list at
+    each (re)connection, and retries a dead node for about 15 s before the worker consumes again. In a
+    cluster they are cluster-wide: the node the worker has just connected to is enough, and it is up.
+    """
+
+    def start(self, c):
+        self._validate_configuration(c.app)
+        url = c.connection.as_uri(include_password=True)
+        try:
+            self._setup_delayed_delivery(c, url)
+        except Exception as exc:
+            logger.warning("Native delayed delivery not set up through %s: %s", maybe_sanitize_url(url), exc)
+
+
 class Consumer(CeleryConsumer):
     """Celery's consumer with an intake that runs tutorial text and never deletes a message."""
+
+    class Blueprint(CeleryConsumer.Blueprint):
+        default_steps = [
+            "proj.consumer:DelayedDelivery" if step.endswith(":DelayedDelivery") else step
+            for step in CeleryConsumer.Blueprint.default_steps
+        ]
 
     def create_task_handler(self, *args, **kwargs):
         on_celery_message = super().create_task_handler(*args, **kwargs)

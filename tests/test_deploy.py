@@ -39,9 +39,17 @@ README = REPO_ROOT / "README.md"
 PROCFILE_WORKERS = ("worker1", "worker2")
 APP_SERVICES = ("worker", "flower")
 #: Variables the compose file needs from .env, without defaults.
-REQUIRED_VARIABLES = ("RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS", "FLOWER_BASIC_AUTH")
+REQUIRED_VARIABLES = ("RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS", "FLOWER_BASIC_AUTH", "RABBITMQ_ERLANG_COOKIE")
 #: Distinctive values, to see where compose puts them.
-TEST_ENV = {"RABBITMQ_DEFAULT_USER": "deploy-user", "RABBITMQ_DEFAULT_PASS": "Dep1oy-pw", "FLOWER_BASIC_AUTH": "fl:pw"}
+TEST_ENV = {
+    "RABBITMQ_DEFAULT_USER": "deploy-user",
+    "RABBITMQ_DEFAULT_PASS": "Dep1oy-pw",
+    "FLOWER_BASIC_AUTH": "fl:pw",
+    "RABBITMQ_ERLANG_COOKIE": "deploy-cookie-0123456789",
+}
+#: The cluster profile's nodes and the services that use them.
+CLUSTER_NODES = ("rabbitmq1", "rabbitmq2", "rabbitmq3")
+CLUSTER_APP_SERVICES = ("cluster-worker", "cluster-flower")
 #: Long enough for a warm shutdown: one tutorial task is a few seconds of dots.
 MIN_GRACE_SECONDS = 30
 RESTART_POLICIES = ("always", "unless-stopped", "on-failure")
@@ -294,6 +302,113 @@ def test_compose_publishes_amqp_management_and_flower_on_the_host_loopback_only(
     # And they are the ports the tutorial and the Procfile use
     assert sorted(published["rabbitmq"]) == ["127.0.0.1:15672:15672", "127.0.0.1:5672:5672"]
     assert published["flower"] == ["127.0.0.1:5555:5555"]
+
+
+# -- the cluster profile --------------------------------------------------------------------------
+
+
+def volume_mounts(service: dict) -> dict[str, str]:
+    """Mount target -> volume name (or host path) of a service's ``volumes``."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+        else:
+            source, target = volume.get("source"), volume["target"]
+        mounts[target] = source
+    return mounts
+
+
+def published_host_ports(service: dict) -> list[str]:
+    return [str(port).rsplit(":", 1)[0] for port in service.get("ports", [])]
+
+
+def test_compose_cluster_profile_adds_services_and_leaves_the_default_stack_as_it_was(services):
+    # Given the compose services, with and without a profile
+    default = {name for name, service in services.items() if not service.get("profiles")}
+    cluster = {name for name, service in services.items() if "cluster" in (service.get("profiles") or [])}
+
+    # Then `docker compose up` still runs the single broker, its workers and Flower, and nothing else
+    assert default == {"rabbitmq", *APP_SERVICES}
+    # And the cluster profile is three nodes and the workers and Flower pointed at them
+    assert cluster == {*CLUSTER_NODES, *CLUSTER_APP_SERVICES}
+    # And no two services publish the same host port, so both stacks can run side by side
+    ports = [port for service in services.values() for port in published_host_ports(service)]
+    assert len(ports) == len(set(ports)), ports
+
+
+def test_compose_cluster_nodes_run_the_single_brokers_image_each_with_its_name_volume_and_health_check(
+    compose, services
+):
+    # Given the cluster's nodes
+    nodes = [services[name] for name in CLUSTER_NODES]
+
+    # Then each runs the single broker's image, is healthy once it answers ping, and restarts by itself
+    for node in nodes:
+        assert node["image"] == services["rabbitmq"]["image"]
+        assert healthcheck_argv(node) == healthcheck_argv(services["rabbitmq"])
+        assert node.get("restart") in RESTART_POLICIES
+        assert duration_seconds(node.get("stop_grace_period", "10s")) >= MIN_GRACE_SECONDS
+    # And each has a fixed host name (its node name, rabbit@HOSTNAME) and a named volume of its own
+    assert [node["hostname"] for node in nodes] == list(CLUSTER_NODES)
+    sources = [volume_mounts(node)["/var/lib/rabbitmq"] for node in nodes]
+    assert len(set(sources)) == len(nodes) and set(sources) <= set(compose["volumes"])
+
+
+def test_compose_cluster_nodes_share_the_cookie_from_env_and_list_each_other_for_peer_discovery(services, resolved):
+    # Given each node's environment as written and as compose resolves it
+    for name in CLUSTER_NODES:
+        written, env = environment(services[name]), environment(resolved["services"][name])
+
+        # Then the Erlang cookie is a required .env variable, the same on every node
+        assert re.fullmatch(r"\$\{RABBITMQ_ERLANG_COOKIE:\?[^}]+\}", written["RABBITMQ_ERLANG_COOKIE"])
+        assert env["RABBITMQ_ERLANG_COOKIE"] == TEST_ENV["RABBITMQ_ERLANG_COOKIE"]
+        # And the account is the single broker's, from .env
+        assert (env["RABBITMQ_DEFAULT_USER"], env["RABBITMQ_DEFAULT_PASS"]) == (
+            TEST_ENV["RABBITMQ_DEFAULT_USER"],
+            TEST_ENV["RABBITMQ_DEFAULT_PASS"],
+        )
+        # And classic config peer discovery lists every node (rabbit@HOSTNAME), so they join at first start
+        args = env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"].split()
+        (listed,) = [args[i + 2] for i in range(len(args) - 2) if args[i : i + 2] == ["-rabbit", "cluster_nodes"]]
+        match = re.fullmatch(r"\{\[([\w@,]+)\],disc\}", listed)
+        assert match, listed
+        assert match.group(1).split(",") == [f"rabbit@{services[n]['hostname']}" for n in CLUSTER_NODES]
+        # And the consumer timeout is the single broker's
+        single = environment(resolved["services"]["rabbitmq"])["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+        assert single in env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+
+
+@pytest.mark.parametrize("name", CLUSTER_APP_SERVICES)
+def test_compose_cluster_workers_and_flower_know_every_node_and_use_quorum_queues(services, resolved, name):
+    # Given a cluster worker (or Flower) as written and as resolved
+    service, env = services[name], environment(resolved["services"][name])
+
+    # Then Celery's failover list names every node, with the account from .env
+    user, password = TEST_ENV["RABBITMQ_DEFAULT_USER"], TEST_ENV["RABBITMQ_DEFAULT_PASS"]
+    assert env["CELERY_BROKER_URL"].split(";") == [f"amqp://{user}:{password}@{n}:5672//" for n in CLUSTER_NODES]
+    # And task_queue is a quorum queue, replicated on the nodes
+    assert env["PROJ_QUEUE_TYPE"] == "quorum"
+    # And it starts once every node is healthy, from the same image and command as its single-broker twin
+    assert {n: d["condition"] for n, d in service["depends_on"].items()} == dict.fromkeys(
+        CLUSTER_NODES, "service_healthy"
+    )
+    twin = services[name.removeprefix("cluster-")]
+    assert service["build"] == twin["build"] and command_argv(service) == command_argv(twin)
+    assert set(env) - {"PROJ_QUEUE_TYPE"} == set(environment(resolved["services"][twin_name(name)]))
+
+
+def twin_name(name: str) -> str:
+    return name.removeprefix("cluster-")
+
+
+def test_compose_cluster_flower_reads_the_first_nodes_management_api_behind_basic_auth(resolved):
+    # Given the cluster's Flower as resolved
+    env = environment(resolved["services"]["cluster-flower"])
+
+    # Then its management API is the one its broker list's first node implies, and it needs a login
+    assert env["PROJ_MANAGEMENT_URL"] == management_url_from_broker(env["CELERY_BROKER_URL"].split(";")[0])
+    assert env["FLOWER_BASIC_AUTH"] == TEST_ENV["FLOWER_BASIC_AUTH"]
 
 
 # -- the workers and Flower ----------------------------------------------------------------------
@@ -557,6 +672,8 @@ def test_env_example_names_every_variable_compose_requires_with_placeholder_valu
     # Then it has every credential compose requires, each an obvious placeholder to change
     assert set(REQUIRED_VARIABLES) <= set(values)
     assert "change-me" in values["RABBITMQ_DEFAULT_PASS"] and "change-me" in values["FLOWER_BASIC_AUTH"]
+    # And the cluster's Erlang cookie too, long enough for Erlang (20 characters at least)
+    assert "change-me" in values["RABBITMQ_ERLANG_COOKIE"] and len(values["RABBITMQ_ERLANG_COOKIE"]) >= 20
     assert values["RABBITMQ_DEFAULT_USER"] != "guest"
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from .schedule import KINDS, NODE_KILL, RESTART_BROKER
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # the count found a lost, unexpected or unexplained task, or a message left over
 EXIT_ERROR = 2  # the run could not be carried out
@@ -40,8 +42,21 @@ EXIT_INTERRUPTED = 130
     default=None,
     help="Run dir: ledger.sqlite, report.json, schedule.json, worker and broker logs [a new temp dir].",
 )
+@click.option(
+    "--cluster",
+    type=click.IntRange(3, 7),
+    default=None,
+    help="Run against a private RabbitMQ cluster of N nodes (quorum task_queue, workers spread over the nodes).",
+)
+@click.option(
+    "--fault",
+    "fault_kinds",
+    multiple=True,
+    type=click.Choice([k.replace("_", "-") for k in KINDS]),
+    help="Draw faults of this kind only (repeatable) [every kind that applies].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (progress goes to stderr).")
-def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, as_json) -> None:
+def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, cluster, fault_kinds, as_json) -> None:
     """Publish numbered tasks, kill workers and restart the broker at random, then count every task.
 
     Faults: SIGKILL a worker, SIGKILL a pool child, SIGQUIT (cold shutdown), SIGTERM (warm
@@ -50,7 +65,16 @@ def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, as_jso
     """
     from .run import Chaos, ChaosError, Settings
 
+    kinds = tuple(k.replace("-", "_") for k in fault_kinds)
+    if cluster and broker_url:
+        _refuse("--cluster starts a private cluster: leave out --broker-url")
+    if NODE_KILL in kinds and not cluster:
+        _refuse("--fault node-kill needs a cluster: add --cluster 3")
+    if RESTART_BROKER in kinds and (cluster or broker_url):
+        _refuse("--fault restart-broker restarts the run's own single node: leave out --cluster and --broker-url")
     settings = Settings(
+        cluster=cluster or 0,
+        kinds=kinds,
         tasks=tasks,
         workers=workers,
         faults=faults,
@@ -83,6 +107,11 @@ def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, as_jso
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _refuse(line: str) -> None:
+    click.echo(f"proj chaos: {line}", err=True)
+    sys.exit(EXIT_ERROR)
 
 
 def _s(x) -> str:

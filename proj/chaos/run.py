@@ -39,6 +39,7 @@ from .schedule import (
     KILL_CHILD,
     KILL_WORKER,
     KINDS,
+    NODE_KILL,
     RESTART_BROKER,
     STOPS_WORKER,
     WARM_SHUTDOWN,
@@ -52,6 +53,9 @@ SIGNALS = {KILL_WORKER: signal.SIGKILL, COLD_SHUTDOWN: signal.SIGQUIT, WARM_SHUT
 EXIT_TIMEOUT = {KILL_WORKER: 10.0, COLD_SHUTDOWN: 30.0, WARM_SHUTDOWN: 60.0}
 #: Pool children orphaned by a killed main process get this long to finish and exit on their own.
 ORPHAN_GRACE = 5.0
+#: A killed cluster node is started again once this many more tasks are done without it (or after NODE_DOWN_MAX s).
+NODE_DOWN_TASKS = 10
+NODE_DOWN_MAX = 30.0
 WORKER_START_TIMEOUT = 180.0
 #: A publish keeps being retried (same task id) this long, e.g. through a broker restart.
 PUBLISH_DEADLINE = 180.0
@@ -84,6 +88,10 @@ class Settings:
     backlog: int = 50
     max_dots: int = 3
     drain_timeout: float = 300.0
+    #: Nodes of a private RabbitMQ cluster (quorum task_queue) instead of one node; 0: one node.
+    cluster: int = 0
+    #: The fault kinds to draw from; empty: every kind that applies to the broker.
+    kinds: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(eq=False)
@@ -107,15 +115,21 @@ class Chaos:
         self.seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
         self.run_id = secrets.token_hex(4)
         self.external = settings.broker_url is not None
-        kinds = tuple(k for k in KINDS if not (self.external and k == RESTART_BROKER))
+        kinds = tuple(k for k in KINDS if self._applies(k) and (not settings.kinds or k in settings.kinds))
         self.schedule: list[PlannedFault] = fault_schedule(
-            self.seed, settings.faults, settings.tasks, settings.workers, kinds=kinds
+            self.seed,
+            settings.faults,
+            settings.tasks,
+            settings.workers,
+            kinds=kinds,
+            force=(NODE_KILL,) if settings.cluster else (RESTART_BROKER,),
         )
         messages = task_messages(self.seed, settings.tasks, settings.max_dots)
         self.tasks = [(f"chaos-{self.run_id}-{i:05d}", m) for i, m in enumerate(messages)]
 
         self.run_dir: Path | None = None
         self.node: Node | None = None
+        self.cluster = None  # a proj.cluster.Cluster when settings.cluster
         self.url = settings.broker_url or ""
         self.mgmt: Management | None = None
         self.slots = [Slot(f"w{i}") for i in range(1, settings.workers + 1)]
@@ -148,6 +162,14 @@ class Chaos:
         self.skipped: list[dict] = []
         self.worker_restarts = 0
         self.errors: list[str] = []
+
+    def _applies(self, kind: str) -> bool:
+        """Node kills need a cluster; a broker restart needs the run's own single node."""
+        if kind == NODE_KILL:
+            return bool(self.s.cluster)
+        if kind == RESTART_BROKER:
+            return not self.external and not self.s.cluster
+        return True
 
     # -- console -------------------------------------------------------------------------------
 
@@ -219,7 +241,7 @@ class Chaos:
 
     def _forget_dir(self) -> None:
         """Remove a temp run dir in which nothing ran (a broker that could not be reached)."""
-        if self.s.out is None and self.node is None and self.run_dir is not None:
+        if self.s.out is None and self.node is None and self.cluster is None and self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self.run_dir = None
 
@@ -240,6 +262,9 @@ class Chaos:
                 "only a node the run starts itself can be restarted"
             )
             return
+        if self.s.cluster:
+            self._start_cluster()
+            return
         port = free_port()
         self.node = Node(data_dir=self.run_dir / "rabbitmq", port=port, management_port=free_port(avoid=(port,)))
         self.say(f" [*] starting a private RabbitMQ on 127.0.0.1:{self.node.port}")
@@ -249,6 +274,47 @@ class Chaos:
             raise ChaosError(str(exc)) from exc
         self.url = self.node.url
         self.mgmt = Management(self.node.management_url)
+
+    def _start_cluster(self) -> None:
+        from ..cluster import Cluster, free_port_run
+
+        size = self.s.cluster
+        port = free_port_run(size)
+        management_port = free_port_run(size, avoid=tuple(range(port, port + size)))
+        self.cluster = Cluster(self.run_dir / "rabbitmq", size=size, port=port, management_port=management_port)
+        self.say(f" [*] starting a private RabbitMQ cluster of {size} nodes on 127.0.0.1:{port}-{port + size - 1}")
+        try:
+            self.cluster.start()
+        except BrokerError as exc:
+            raise ChaosError(str(exc)) from exc
+        self.url = self.cluster.url
+        self.mgmt = self.cluster.management()
+
+    def _kill_node(self, n: int, planned: PlannedFault) -> None:
+        """SIGKILL one node (a crash), let work go on without it, start it again."""
+        number = planned.worker % self.cluster.size + 1
+        with self.lock:
+            running = sorted({t for p, t in self.running.items() if _alive(p)})
+        begin = time.time()
+        node = self.cluster.kill_node(number)
+        self.say(
+            f" [!] fault {n}/{len(self.schedule)} {NODE_KILL}: SIGKILL node {number} ({node.node_name}), "
+            f"{len(running)} tasks running"
+        )
+        # At most one node is down at a time: a quorum queue needs a majority of its replicas.
+        target = min(len(self.done) + NODE_DOWN_TASKS, self.s.tasks)
+        deadline = time.monotonic() + NODE_DOWN_MAX
+        while len(self.done) < target and time.monotonic() < deadline and not self.stopping.wait(0.05):
+            self._check_publisher()
+        done_while_down = len(self.done) - target + NODE_DOWN_TASKS
+        try:
+            self.cluster.start_node(number)
+        except BrokerError as exc:
+            raise ChaosError(f"node {number} did not come back into the cluster: {exc}") from exc
+        end = time.time()
+        note = f"node {number} down {end - begin:.1f} s, {done_while_down} tasks done meanwhile"
+        self.faults.append(checker.Fault(NODE_KILL, begin, end, None, None, note))
+        self.say(f"     {note}")
 
     def _check_external_broker(self) -> None:
         """A given broker's task_queue must be empty and unconsumed: anything else would skew the count."""
@@ -300,6 +366,11 @@ class Chaos:
             seconds_per_dot=self.s.seconds_per_dot,
             env={"PROJ_LEDGER": str(self.ledger_path)},
         )
+        if self.cluster is not None:
+            # A quorum task_queue; worker wN's failover list starts at node N, so they spread over the nodes.
+            first = (int(name.lstrip("w")) - 1) % self.cluster.size + 1
+            proc.broker_url = proc.env["CELERY_BROKER_URL"] = self.cluster.failover_url(first)
+            proc.env.update({"PROJ_QUEUE_TYPE": "quorum", "PROJ_MANAGEMENT_URL": self.cluster.management_url})
         with self.lock:
             self.all_procs.append((proc, key))
         return proc
@@ -493,7 +564,14 @@ class Chaos:
                             conn.ensure_connection(max_retries=1)
                         self.sent.add(task_id)
                         work.apply_async(
-                            args=[message], task_id=task_id, connection=conn, ignore_result=True, retry=False
+                            args=[message],
+                            task_id=task_id,
+                            connection=conn,
+                            ignore_result=True,
+                            retry=False,
+                            # On a cluster the workers declared task_queue as a quorum queue; this
+                            # process's PROJ_QUEUE_TYPE may say otherwise.
+                            **({"declare": []} if self.cluster is not None else {}),
                         )
                         break
                     except Exception as exc:  # broker restarting, connection reset: same task id again
@@ -585,6 +663,9 @@ class Chaos:
             if planned.kind == RESTART_BROKER:
                 self._restart_broker(n)
                 continue
+            if planned.kind == NODE_KILL:
+                self._kill_node(n, planned)
+                continue
             slot = self._pick_slot(planned)
             if slot is None:
                 self.skipped.append({"kind": planned.kind, "why": "no worker up to take it"})
@@ -615,7 +696,8 @@ class Chaos:
             with Connection(self.url, connect_timeout=5) as conn:
                 ok = conn.default_channel.queue_declare(config.QUEUE_NAME, passive=True)
             state = {"ready": ok.message_count, "consumers": ok.consumer_count}
-            counts = self.mgmt.counts(config.QUEUE_NAME) if self.mgmt else None
+            mgmt = self.cluster.management() if self.cluster is not None else self.mgmt  # a node that is up
+            counts = mgmt.counts(config.QUEUE_NAME) if mgmt else None
             state["unacked"] = counts[1] if counts else None
             return state
         except Exception:  # broker or management API unreachable: not settled, sample again
@@ -682,6 +764,8 @@ class Chaos:
             self._end(proc, key)
         if self.node is not None:
             self.node.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
 
     def _verdict(self, queue: dict | None, started: float) -> dict:
         rows = ledger.rows(str(self.ledger_path))
@@ -693,6 +777,7 @@ class Chaos:
         if queue is None or not queue.get("settled"):
             report["ok"] = False
         unknown = sorted({int(r["pid"]) for r in rows} - set().union(*self.pids_of.values()))
+        broker = "given" if self.external else (f"cluster of {self.s.cluster}" if self.s.cluster else "private")
         end = self.last_done or time.time()
         work_seconds = end - self.first_publish if self.first_publish else None
         report.update(
@@ -702,7 +787,7 @@ class Chaos:
                 "tasks": self.s.tasks,
                 "workers": self.s.workers,
                 "seconds_per_dot": self.s.seconds_per_dot,
-                "broker": "given" if self.external else "private",
+                "broker": broker,
                 "broker_restarts": "not injected: the broker was given with --broker-url" if self.external else None,
                 "faults_planned": len(self.schedule),
                 "faults_skipped": self.skipped,

@@ -15,8 +15,9 @@ KILL_CHILD = "kill_child"  # SIGKILL the pool child running the task; the main p
 COLD_SHUTDOWN = "cold_shutdown"  # SIGQUIT
 WARM_SHUTDOWN = "warm_shutdown"  # SIGTERM: finish the running task, ack it, exit
 RESTART_BROKER = "restart_broker"  # stop the RabbitMQ node and start it again, same data
+NODE_KILL = "node_kill"  # SIGKILL one node of a RabbitMQ cluster, start it again once work went on without it
 
-KINDS = (KILL_WORKER, KILL_CHILD, COLD_SHUTDOWN, WARM_SHUTDOWN, RESTART_BROKER)
+KINDS = (KILL_WORKER, KILL_CHILD, COLD_SHUTDOWN, WARM_SHUTDOWN, RESTART_BROKER, NODE_KILL)
 #: The faults after which the worker must be started again.
 STOPS_WORKER = (KILL_WORKER, COLD_SHUTDOWN, WARM_SHUTDOWN)
 WORKER_KINDS = (KILL_WORKER, KILL_CHILD, COLD_SHUTDOWN, WARM_SHUTDOWN)

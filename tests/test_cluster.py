@@ -1,0 +1,402 @@
+"""Scale out: a three-node RabbitMQ cluster on loopback, a quorum ``task_queue`` on every node, workers
+that fail over, and no confirmed task lost when a node dies.
+
+One cluster for the module, started and stopped through ``proj broker ... --cluster 3`` (about 15 s
+to start, 6 s to stop). Every worker runs with ``PROJ_QUEUE_TYPE=quorum`` and the cluster's
+failover list, starting at a node of its own; every task execution is written to a ledger
+(``PROJ_LEDGER``), which is what the counts below read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import TIMEOUT, wait_until
+from kombu import Connection
+
+from proj import config, ledger
+from proj.cluster import COOKIE_FILE, Cluster, free_port_run
+
+PROJ = Path(sys.executable).with_name("proj")
+SIZE = 3
+NODE_TIMEOUT = 120
+SECONDS_PER_DOT = 0.05
+#: Ports the tests never take: a system RabbitMQ's, and those next to them (a cluster takes three).
+SYSTEM_PORTS = tuple(range(5670, 5680)) + tuple(range(15670, 15680))
+
+
+def proj(*args: str, timeout: float = NODE_TIMEOUT) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PATH"] = f"{PROJ.parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(
+        [str(PROJ), *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    """Three nodes joined into one cluster, started with `proj broker start --cluster 3`."""
+    data_dir = tmp_path_factory.mktemp("cluster")
+    port = free_port_run(SIZE, avoid=SYSTEM_PORTS)
+    management_port = free_port_run(SIZE, avoid=SYSTEM_PORTS + tuple(range(port, port + SIZE)))
+    args = ("--data-dir", str(data_dir), "--port", str(port), "--management-port", str(management_port))
+    started = proj("broker", "start", "--cluster", str(SIZE), *args)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        cluster = Cluster.from_data_dir(data_dir)
+        cluster.start_output = started.stdout
+        yield cluster
+    finally:
+        proj("broker", "stop", "--data-dir", str(data_dir), timeout=90)
+        Cluster.from_data_dir(data_dir).stop()  # whatever the CLI left behind (a failed start, a failed test)
+
+
+@pytest.fixture
+def quorum_cluster(cluster) -> Cluster:
+    """The cluster with every node up, and no task_queue or task_queue.dead left from an earlier test."""
+    for n in range(1, SIZE + 1):
+        if not cluster.node(n).is_running():
+            cluster.start_node(n)
+    mgmt = cluster.management()
+    mgmt.delete_queue(config.QUEUE_NAME)
+    mgmt.delete_queue(config.DEAD_QUEUE_NAME)
+    return cluster
+
+
+@pytest.fixture
+def cluster_worker(quorum_cluster, start_worker, tmp_path):
+    """Start worker NAME on the cluster, its failover list starting at node FIRST; all write to one ledger."""
+    ledger_path = tmp_path / "ledger.sqlite"
+    ledger.connect(str(ledger_path))  # the table exists (WAL mode) before any worker writes
+
+    def start(name: str, first: int, wait: bool = True):
+        env = {
+            "PROJ_QUEUE_TYPE": "quorum",
+            "PROJ_LEDGER": str(ledger_path),
+            "PROJ_MANAGEMENT_URL": quorum_cluster.node(first).management_url,
+        }
+        return start_worker(
+            name, quorum_cluster.failover_url(first), wait=wait, env=env, seconds_per_dot=SECONDS_PER_DOT
+        )
+
+    start.ledger = str(ledger_path)
+    return start
+
+
+# -- what the workers, the ledger and the broker say -----------------------------------------------
+
+CONNECTED = re.compile(r"Connected to amqp://[^@]*@127\.0\.0\.1:(\d+)/")
+
+
+def connected_port(worker, since: int = 0) -> int | None:
+    """The AMQP port of the node the worker last connected to (after log offset ``since``), from its log."""
+    ports = CONNECTED.findall(worker.log()[since:])
+    return int(ports[-1]) if ports else None
+
+
+def done_ids(ledger_path: str) -> set[str]:
+    return {row["task_id"] for row in ledger.rows(ledger_path) if row["event"] == "done"}
+
+
+def done_count(ledger_path: str) -> int:
+    """Tasks with a 'done' row: a cheap count, for watching progress."""
+    conn = sqlite3.connect(ledger_path, timeout=60)
+    try:
+        return conn.execute("SELECT COUNT(DISTINCT task_id) FROM executions WHERE event = 'done'").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def queue_state(cluster: Cluster) -> tuple[int, int]:
+    """(ready, unacked) of task_queue: ready exact (passive declare, any node), unacked from the management API."""
+    with Connection(cluster.url, connect_timeout=5) as conn:
+        ready = conn.default_channel.queue_declare(config.QUEUE_NAME, passive=True).message_count
+    counts = cluster.management().counts(config.QUEUE_NAME)
+    return ready, counts[1] if counts else 0
+
+
+class Publisher:
+    """Publishes tasks through a failover list, each confirmed; a failed publish is sent again under the same id.
+
+    Every id in ``confirmed`` was confirmed by the broker: those are the tasks that must not be lost.
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        self.conn = None
+        self.confirmed: dict[str, str] = {}
+        self.errors: list[str] = []
+
+    def publish(self, message: str, timeout: float = TIMEOUT) -> str:
+        from proj.celery import app
+        from proj.tasks import work
+
+        task_id = str(uuid.uuid4())
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.conn is None:
+                    self.conn = app.connection_for_write(self.url)
+                    self.conn.ensure_connection(max_retries=3, interval_start=0.2)
+                # declare=[]: the workers declared task_queue (quorum); this process's config says classic.
+                work.apply_async(
+                    args=[message], task_id=task_id, connection=self.conn, ignore_result=True, declare=[], retry=False
+                )
+                self.confirmed[task_id] = message
+                return task_id
+            except Exception as exc:  # a dead node, a nack during a leader election: same id again
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                self.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.release()
+            except Exception:
+                pass
+            self.conn = None
+
+
+# -- the tests -------------------------------------------------------------------------------------
+
+
+def test_cluster_start_joins_three_nodes_with_one_cookie_and_prints_a_failover_url(cluster):
+    # Given the cluster `proj broker start --cluster 3` started
+    out = cluster.start_output
+    nodes = cluster.nodes
+
+    # Then it runs three nodes with names, AMQP, management and distribution ports of their own
+    assert len({n.node_name for n in nodes}) == SIZE
+    assert len({n.port for n in nodes} | {n.management_port for n in nodes} | {n.dist_port for n in nodes}) == 3 * SIZE
+    # And each accepts AMQP, and the cluster counts all three as running members
+    for node in nodes:
+        with Connection(node.url, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=1)
+    view = cluster.cluster_view()
+    assert sorted(m["name"] for m in view if m["running"]) == sorted(n.node_name for n in nodes)
+    # And the nodes share one Erlang cookie, kept in the data dir, readable by its owner only
+    cookie = cluster.data_dir / COOKIE_FILE
+    assert stat.S_IMODE(cookie.stat().st_mode) == 0o400
+    assert not list(cluster.data_dir.glob("node*/.erlang.cookie"))
+    # And it printed Celery's failover list (every node, ';'-separated, quoted for the shell) and the management API
+    (line,) = [line for line in out.splitlines() if line.startswith("export CELERY_BROKER_URL=")]
+    assert line == f"export CELERY_BROKER_URL='{';'.join(n.url for n in nodes)}'"
+    assert f"export PROJ_MANAGEMENT_URL={nodes[0].management_url}" in out
+    assert "export PROJ_QUEUE_TYPE=quorum" in out
+
+    # When its status is asked for
+    status = proj("broker", "status", "--data-dir", str(cluster.data_dir))
+    as_json = proj("broker", "status", "--cluster", "3", "--json", "--data-dir", str(cluster.data_dir))
+
+    # Then every node is listed as running, and the cluster as healthy, without the password
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"healthy, {SIZE}/{SIZE} running" in status.stdout
+    for n, node in enumerate(nodes, 1):
+        line = rf"node {n} {re.escape(node.node_name)}: running \(pid \d+\), AMQP 127.0.0.1:{node.port}"
+        assert re.search(line, status.stdout), status.stdout
+    assert "guest:guest" not in status.stdout
+    info = json.loads(as_json.stdout)
+    assert info["health"] == "healthy" and [n["in_cluster"] for n in info["nodes"]] == [True] * SIZE
+
+
+def test_quorum_task_queue_is_replicated_on_every_node_and_each_worker_holds_one_message_at_a_time(
+    cluster_worker, quorum_cluster
+):
+    # Given two workers with PROJ_QUEUE_TYPE=quorum, connected to different nodes
+    w1, w2 = cluster_worker("w1", first=1), cluster_worker("w2", first=2)
+    assert (connected_port(w1), connected_port(w2)) == (quorum_cluster.node(1).port, quorum_cluster.node(2).port)
+    mgmt = quorum_cluster.management()
+
+    # Then task_queue and task_queue.dead are quorum queues with a replica on each of the three nodes
+    names = sorted(quorum_cluster.node_names)
+    for name in (config.QUEUE_NAME, config.DEAD_QUEUE_NAME):
+        queue = mgmt.queue(name)
+        assert queue["type"] == "quorum", queue
+        assert sorted(queue["members"]) == names and sorted(queue["online"]) == names
+    # And the dead-letter policy the workers set applies to it, with the delivery limit
+    queue = wait_until(
+        lambda: (q := mgmt.queue(config.QUEUE_NAME)).get("effective_policy_definition") and q, what="policy applied"
+    )
+    assert queue["effective_policy_definition"]["dead-letter-routing-key"] == config.DEAD_QUEUE_NAME
+    assert queue["effective_policy_definition"]["delivery-limit"] == config.MAX_DELIVERIES
+
+    # And each worker consumes with prefetch 1 per consumer (no global QoS: quorum queues refuse it)
+    def task_queue_consumers():
+        found = [c for c in mgmt.consumers() if c["queue"]["name"] == config.QUEUE_NAME]
+        return len(found) == 2 and found
+
+    consumers = wait_until(task_queue_consumers, what="two consumers of task_queue")
+    assert [c["prefetch_count"] for c in consumers] == [1, 1]
+    channels = {c["channel_details"]["name"] for c in consumers}
+    assert all(ch.get("global_prefetch_count", 0) == 0 for ch in mgmt.channels() if ch["name"] in channels)
+    assert "Global QoS is disabled" in w1.log()
+
+
+def test_worker_whose_node_is_killed_fails_over_keeps_consuming_and_no_confirmed_task_is_lost(
+    cluster_worker, quorum_cluster
+):
+    # Given two workers, w1 connected to node 1 and w2 to node 2, and a producer on node 3
+    cluster = quorum_cluster
+    w1, w2 = cluster_worker("w1", first=1), cluster_worker("w2", first=2)
+    assert (connected_port(w1), connected_port(w2)) == (cluster.node(1).port, cluster.node(2).port)
+    producer = Publisher(cluster.failover_url(3))
+    for i in range(20):
+        producer.publish(f"Before {i:02d}...")
+
+    # When node 1 is SIGKILLed while w1 works through the tasks
+    wait_until(lambda: w1.log().count(" [x] Done") >= 2, what="w1 ran two tasks")
+    offset = len(w1.log())
+    killed = proj("broker", "kill-node", "1", "--data-dir", str(cluster.data_dir))
+    killed_at = time.monotonic()
+
+    # Then the CLI says so, and the cluster reports itself degraded, 2 of 3 nodes running
+    assert killed.returncode == 0, killed.stderr
+    assert "node 1" in killed.stdout and "killed with SIGKILL; 2/3 nodes running" in killed.stdout
+    degraded = proj("broker", "status", "--data-dir", str(cluster.data_dir))
+    assert degraded.returncode == 3 and "degraded, 2/3 running" in degraded.stdout
+    assert re.search(r"node 1 \S+: down", degraded.stdout)
+    # And w1 reconnects to another node of its list
+    others = (cluster.node(2).port, cluster.node(3).port)
+    wait_until(lambda: connected_port(w1, offset) in others, what="w1 failed over")
+    reconnected = offset + w1.log()[offset:].rindex("Connected to")
+
+    # When a producer whose list starts at the dead node publishes more (and more, until w1 has run one)
+    late = Publisher(cluster.failover_url(1))
+    for i in range(10):
+        late.publish(f"After {i:02d}..")
+    while " [x] Received" not in w1.log()[reconnected:]:
+        assert time.monotonic() - killed_at < TIMEOUT, f"w1 ran nothing after failing over:\n{w1.log()[offset:]}"
+        ready, _ = queue_state(cluster)
+        if ready < 4:
+            late.publish(f"After {len(late.confirmed):02d}..")
+        time.sleep(0.05)
+    resumed_after = time.monotonic() - killed_at
+
+    # Then every task the broker confirmed, before and after the kill, completes
+    confirmed = {**producer.confirmed, **late.confirmed}
+    wait_until(lambda: set(confirmed) <= done_ids(cluster_worker.ledger), what="every confirmed task done")
+    # And task_queue ends empty: nothing left ready or unacknowledged
+    wait_until(lambda: queue_state(cluster) == (0, 0), what="task_queue drained")
+    print(f"w1 ran a task again {resumed_after:.1f} s after its node was killed")
+
+    # When node 1 is started again
+    back = proj("broker", "start-node", "1", "--data-dir", str(cluster.data_dir))
+
+    # Then it rejoins: the cluster is healthy and task_queue's replica on node 1 is online again
+    assert back.returncode == 0, back.stderr
+    assert "back in the cluster; 3/3 nodes running" in back.stdout
+    assert proj("broker", "status", "--data-dir", str(cluster.data_dir)).returncode == 0
+    names = sorted(cluster.node_names)
+    wait_until(lambda: sorted(cluster.management().queue(config.QUEUE_NAME)["online"]) == names, what="3 replicas")
+    producer.close()
+    late.close()
+
+
+def test_three_node_kills_in_turn_lose_no_confirmed_task(cluster_worker, quorum_cluster):
+    # Given three workers, one starting at each node, and a producer publishing tasks all along
+    cluster = quorum_cluster
+    workers = [cluster_worker(f"w{n}", first=n, wait=False) for n in range(1, SIZE + 1)]
+    for w in workers:
+        w.wait_ready(TIMEOUT)
+    producer = Publisher(cluster.failover_url(1))
+    kills_done, stop = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def done() -> int:
+        return done_count(cluster_worker.ledger)
+
+    def publish_all(backlog: int = 20, after_kills: int = 20) -> None:
+        try:
+            extra = 0
+            while extra < after_kills:
+                while len(producer.confirmed) - done() >= backlog:
+                    if stop.wait(0.05):
+                        return
+                producer.publish(f"Chaos {len(producer.confirmed):04d}" + "." * (2 + len(producer.confirmed) % 3))
+                extra += kills_done.is_set()
+        except BaseException as exc:  # reported by the test below
+            failures.append(exc)
+
+    def progress(predicate, what: str) -> None:
+        try:
+            wait_until(predicate, what=what)
+        except AssertionError as exc:  # say where everything was, for a run that stalls
+            state = [f"{w.name} on port {connected_port(w)}, {'alive' if w.alive() else 'exited'}" for w in workers]
+            raise AssertionError(
+                f"{exc}; {done()} done, {len(producer.confirmed)} confirmed, nodes up {cluster.running_nodes()}, "
+                f"task_queue {cluster.quorum_queues()}, workers: {state}, publish errors: {producer.errors[-3:]}"
+            ) from None
+
+    publisher = threading.Thread(target=publish_all, daemon=True)
+    publisher.start()
+    kills = []
+    try:
+        # When each node in turn is SIGKILLed while tasks run, left down while work goes on, and started again
+        for n in range(1, SIZE + 1):
+            before = done()
+            progress(lambda b=before: done() >= b + 10 or failures, f"work before kill {n}")
+            cluster.kill_node(n)
+            kills.append(n)
+            down = done()
+            progress(lambda d=down: done() >= d + 10 or failures, f"work with node {n} down")
+            cluster.start_node(n)
+        kills_done.set()
+        publisher.join(TIMEOUT)
+    finally:
+        stop.set()
+        publisher.join(10)
+        producer.close()
+    assert not failures, failures
+
+    # Then every task the broker confirmed completed: none lost
+    assert len(kills) >= 3
+    wait_until(lambda: set(producer.confirmed) <= done_ids(cluster_worker.ledger), what="every confirmed task done")
+    # And nothing ran that was not published, and task_queue ends empty
+    rows = ledger.rows(cluster_worker.ledger)
+    assert {row["task_id"] for row in rows} <= set(producer.confirmed)
+    wait_until(lambda: queue_state(cluster) == (0, 0), what="task_queue drained")
+    runs = [row["task_id"] for row in rows if row["event"] == "done"]
+    print(
+        f"{len(kills)} node kills, {len(producer.confirmed)} tasks confirmed, 0 lost, "
+        f"{len(runs) - len(set(runs))} ran twice, {len(producer.errors)} publishes sent again"
+    )
+
+
+def test_cluster_commands_refuse_bad_input_in_one_line(quorum_cluster, tmp_path):
+    cluster = quorum_cluster
+    # When a node number outside the cluster, a cluster that is not there, or a too small cluster is asked for
+    outside = proj("broker", "kill-node", "4", "--data-dir", str(cluster.data_dir))
+    missing = proj("broker", "start-node", "1", "--data-dir", str(tmp_path / "none"))
+    running = proj("broker", "start-node", "2", "--data-dir", str(cluster.data_dir))
+    again = proj("broker", "start", "--data-dir", str(cluster.data_dir))
+    too_small = proj("broker", "start", "--cluster", "2", "--data-dir", str(tmp_path / "small"))
+    no_room = proj("broker", "start", "--cluster", "3", "--port", "65534", "--data-dir", str(tmp_path / "top"))
+
+    # Then each fails with one line saying what to do, and no traceback
+    assert outside.returncode == 1 and "there is no node 4" in outside.stderr and "nodes 1 to 3" in outside.stderr
+    assert missing.returncode == 1 and "no cluster in" in missing.stderr and "--cluster 3" in missing.stderr
+    assert running.returncode == 1 and "already runs" in running.stderr
+    assert again.returncode == 1 and "already runs" in again.stderr and "proj broker stop" in again.stderr
+    assert too_small.returncode == 2 and "--cluster" in too_small.stderr
+    assert no_room.returncode == 1 and "--port 65534 leaves no room for 3 ports" in no_room.stderr
+    for out in (outside, missing, running, again, no_room):
+        assert len(out.stderr.splitlines()) == 1, out.stderr
+        assert "Traceback" not in out.stderr
+    # And the cluster still runs, untouched
+    assert cluster.running_nodes() == [1, 2, 3]
+    assert not (tmp_path / "small").exists() and not (tmp_path / "top").exists()
