@@ -19,7 +19,7 @@ from pathlib import Path
 from kombu import Connection
 
 from .. import config
-from ..workers import REPO_ROOT, WorkerProcess
+from ..workers import LoggedProcess, WorkerProcess
 from . import pika_worker
 from .tuned import SETTINGS_ENV
 
@@ -250,14 +250,13 @@ class CeleryFleet:
             w.kill()
 
 
-class PikaProcess:
+class PikaProcess(LoggedProcess):
     """One reference worker: ``python -m proj.bench.pika_worker``, in its own process group."""
 
     def __init__(self, name: str, url: str, log_dir: Path, *, seconds_per_dot: float, record: bool = True):
         self.name = name
-        self.log_path = Path(log_dir) / f"{name}.log"
         self.record_path = Path(log_dir) / f"{name}.records.json" if record else None
-        self.argv = [
+        argv = [
             sys.executable,
             "-m",
             "proj.bench.pika_worker",
@@ -270,46 +269,11 @@ class PikaProcess:
             "--paused",
         ]
         if self.record_path:
-            self.argv += ["--record", str(self.record_path)]
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> PikaProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=REPO_ROOT,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+            argv += ["--record", str(self.record_path)]
+        super().__init__(argv, Path(log_dir) / f"{name}.log", dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while pika_worker.READY_LINE not in self.log():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"pika worker {self.name} exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"pika worker {self.name} not ready within {timeout} s:\n{self.log()[-3000:]}")
-            time.sleep(0.05)
-
-    def signal(self, signum: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.pid, signum)
+        self.wait_for_line(pika_worker.READY_LINE, timeout)
 
     def stop(self) -> None:
         """Ctrl+C (the tutorial's way out, which also writes the records), then SIGKILL the group."""
@@ -318,10 +282,7 @@ class PikaProcess:
         self.signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
+        self.kill()
 
 
 class PikaFleet:

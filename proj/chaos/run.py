@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from .. import config, ledger
-from ..broker import BrokerError, Node, free_port
+from ..broker import BrokerError, Node, free_port, pid_alive
 from ..management import Management, ManagementError, hide_password
 from ..workers import WorkerProcess
 from . import checker
@@ -294,7 +294,7 @@ class Chaos:
         """SIGKILL one node (a crash), let work go on without it, start it again."""
         number = planned.worker % self.cluster.size + 1
         with self.lock:
-            running = sorted({t for p, t in self.running.items() if _alive(p)})
+            running = sorted({t for p, t in self.running.items() if pid_alive(p)})
         begin = time.time()
         node = self.cluster.kill_node(number)
         self.say(
@@ -344,7 +344,7 @@ class Chaos:
 
     def _restart_broker(self, n: int) -> None:
         with self.lock:
-            running = sorted({t for p, t in self.running.items() if _alive(p)})
+            running = sorted({t for p, t in self.running.items() if pid_alive(p)})
         self.say(f" [!] fault {n}/{len(self.schedule)} {RESTART_BROKER}: {len(running)} tasks running")
         begin = time.time()
         try:
@@ -431,7 +431,7 @@ class Chaos:
             slot.ready = False
         self._scan(slot)
         with self.lock:
-            running = [self.running[p] for p in self.pids_of[key] if p in self.running and _alive(p)]
+            running = [self.running[p] for p in self.pids_of[key] if p in self.running and pid_alive(p)]
         begin = time.time()
         if _running(proc):
             os.kill(proc.pid, SIGNALS[kind])
@@ -809,28 +809,15 @@ class Chaos:
         return report
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z"):
-            return False
-    return True
-
-
 def _running(proc: WorkerProcess) -> bool:
     """Whether the worker's main process runs; never reaps it (see ``Chaos._restart``)."""
-    return proc.proc is not None and proc.proc.returncode is None and _alive(proc.pid)
+    return proc.proc is not None and proc.proc.returncode is None and pid_alive(proc.pid)
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
     """Wait until ``pid`` has exited (a zombie counts), without reaping it. False on timeout."""
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
@@ -848,7 +835,7 @@ def _in_group(pid: int, pgid: int) -> bool:
 
 def _live_children(proc: WorkerProcess) -> list[int]:
     """Pool children that run (a child just killed stays listed until its parent reaps it)."""
-    return [pid for pid in proc.children() if _alive(pid)]
+    return [pid for pid in proc.children() if pid_alive(pid)]
 
 
 def _tasks(task_ids: list[str]) -> str:
