@@ -129,6 +129,12 @@ def channel_of(consumer: dict) -> str | None:
     return details.get("name") if isinstance(details, dict) else None
 
 
+def effective_prefetch(consumer: dict, channel: dict) -> int:
+    """The prefetch limit a consumer works under: per consumer (RabbitMQ 4.x, quorum queues) or channel-wide
+    (kombu's choice on 3.x), as the management API reports them; 0 is unlimited."""
+    return consumer.get("prefetch_count") or channel.get("global_prefetch_count") or channel.get("prefetch_count") or 0
+
+
 def publish(url: str, messages: list[str], **options) -> list[str]:
     """Send each message as ``proj.tasks.work`` through one confirmed connection; returns the task ids."""
     from proj.celery import app

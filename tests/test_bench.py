@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, channel_of, wait_until
+from conftest import TIMEOUT, channel_of, effective_prefetch, wait_until
 from kombu import Connection
 
 from proj.bench import pika_worker
@@ -277,7 +277,7 @@ def test_reference_worker_has_the_tutorials_guarantees(broker, mgmt, reference_w
         found = [c for c in mgmt.consumers() if c["queue"]["name"] == queue]
         channels = {ch["name"]: ch for ch in mgmt.channels()}
         return [
-            (c["ack_required"], c["prefetch_count"] or channels[channel_of(c)]["prefetch_count"])
+            (c["ack_required"], effective_prefetch(c, channels[channel_of(c)]))
             for c in found
             if channel_of(c) in channels
         ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from conftest import TIMEOUT, channel_of, publish, wait_until
+from conftest import TIMEOUT, channel_of, effective_prefetch, publish, wait_until
 
 from proj import config
 
@@ -94,9 +94,7 @@ class UnackedSampler:
                 if ch["name"] in consumers:
                     self.samples += 1
                     self.peak = max(self.peak, ch.get("messages_unacknowledged", 0))
-                    # Per-consumer QoS (RabbitMQ 4.x) or channel-wide QoS (kombu's choice on 3.x).
-                    effective = consumers[ch["name"]].get("prefetch_count") or ch.get("global_prefetch_count")
-                    self.prefetch_counts.add(effective or ch.get("prefetch_count") or 0)
+                    self.prefetch_counts.add(effective_prefetch(consumers[ch["name"]], ch))
 
     def __enter__(self):
         self._thread.start()

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import TIMEOUT, channel_of, publish, queue_depth, wait_until
+from conftest import TIMEOUT, channel_of, effective_prefetch, publish, queue_depth, wait_until
 from kombu import Connection
 
 from proj import config
@@ -28,7 +28,7 @@ def test_default_worker_is_one_process_holding_at_most_one_message(fresh_queue, 
         # Per-consumer QoS (RabbitMQ 4.x) or channel-wide QoS (kombu's choice on 3.x); the
         # channel's statistics can lag its creation by one collection interval.
         return [
-            (c["ack_required"], c["prefetch_count"] or channels[channel_of(c)]["global_prefetch_count"])
+            (c["ack_required"], effective_prefetch(c, channels[channel_of(c)]))
             for c in consumers
             if channel_of(c) in channels
         ]
