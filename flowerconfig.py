@@ -21,7 +21,7 @@ import sys
 
 from tornado.options import options
 
-from proj.management import configured_management_url
+from proj.rabbit.management import configured_management_url
 
 #: Exit status when Flower refuses to start (bad or missing credentials).
 _EXIT_REFUSED = 2

@@ -2,8 +2,8 @@
 
 from celery import Celery
 
-# "proj.worker" hooks the tutorial's console lines onto the worker's signals.
-app = Celery("proj", include=["proj.tasks", "proj.worker"])
+# "proj.signals" hooks the tutorial's console lines onto the worker's signals.
+app = Celery("proj", include=["proj.tasks", "proj.signals"])
 app.config_from_object("proj.config")
 # The default app of every thread, not only the importing one: otherwise .delay() from another
 # thread (a web server's pool) uses Celery's fallback app, which routes to a 'celery' queue that

@@ -7,11 +7,11 @@ environment with defaults that work on a laptop. Celery itself gives ``CELERY_BR
 Docs: https://docs.celeryq.dev/en/stable/userguide/configuration.html
 """
 
-from __future__ import annotations
-
 import os
 
-from . import topology
+from celery.app.defaults import NAMESPACES, flatten
+
+from proj import queues
 
 
 def _env(name: str, default: str, kind=str, choices: tuple[str, ...] = ()):
@@ -29,14 +29,14 @@ def _env(name: str, default: str, kind=str, choices: tuple[str, ...] = ()):
 
 
 #: The work queue's name, as in the tutorial's ``queue_declare(queue='task_queue', durable=True)``.
-QUEUE_NAME = topology.QUEUE_NAME
-DEAD_QUEUE_NAME = topology.DEAD_QUEUE_NAME
+QUEUE_NAME = queues.QUEUE_NAME
+DEAD_QUEUE_NAME = queues.DEAD_QUEUE_NAME
 
 #: Seconds of work per '.' in a message (the tutorial sleeps one second per dot).
 SECONDS_PER_DOT = _env("PROJ_SECONDS_PER_DOT", "1.0", float)
 
 #: ``classic`` (durable, the seed tutorial's queue) or ``quorum`` (the current upstream tutorial's).
-QUEUE_TYPE = _env("PROJ_QUEUE_TYPE", "classic", str, topology.QUEUE_TYPES)
+QUEUE_TYPE = _env("PROJ_QUEUE_TYPE", "classic", str, queues.QUEUE_TYPES)
 
 #: A message delivered this many times without being acked (its task kills the worker every
 #: time) is dead-lettered instead of being delivered again.
@@ -50,6 +50,16 @@ MAX_MESSAGE_BYTES = _env("PROJ_MAX_MESSAGE_BYTES", str(1024 * 1024), int)
 
 #: Seconds a task may run before its pool process is killed and the task fails (not retried).
 TASK_TIME_LIMIT = _env("PROJ_TASK_TIME_LIMIT", "1500", float)
+
+#: The broker's management API (Flower's ``broker_api`` form), when it is not the broker URL's host on
+#: port 15672 with the broker's credentials: ``proj queues``, ``proj dead`` and the worker's policy use it.
+MANAGEMENT_URL = os.environ.get("PROJ_MANAGEMENT_URL") or None
+
+#: A SQLite file where ``proj.tasks.work`` records every start and finish (``proj chaos`` counts them).
+LEDGER = os.environ.get("PROJ_LEDGER") or None
+
+#: The folder holding ``rabbitmq-server`` and ``rabbitmqctl`` for proj's private nodes (default: the system's).
+RABBITMQ_BIN = os.environ.get("PROJ_RABBITMQ_BIN") or None
 
 #: RabbitMQ's consumer_timeout in seconds (its default: 30 minutes). A consumer holding an unacked
 #: message longer than that has its channel closed and the message redelivered while it still runs.
@@ -77,7 +87,7 @@ task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.2, "interval_
 # the queue durable, so it survives a broker restart. Producers and workers both declare it, and
 # with it task_queue.dead, where every message a worker cannot run ends up (never deleted).
 # Docs: configuration.html#task-queues
-task_queues = (topology.work_queue(QUEUE_TYPE),)
+task_queues = (queues.work_queue(QUEUE_TYPE),)
 task_default_queue = QUEUE_NAME
 task_default_exchange = ""
 task_default_routing_key = QUEUE_NAME
@@ -110,7 +120,7 @@ task_reject_on_worker_lost = True
 worker_consumer = "proj.consumer:Consumer"
 
 # A task running past this fails (TimeLimitExceeded) and is acked: no redelivery loop. It must stay
-# below the broker's consumer_timeout (checked at worker start by proj/worker.py).
+# below the broker's consumer_timeout (checked at worker start by proj/signals.py).
 # Docs: configuration.html#task-time-limit
 task_time_limit = TASK_TIME_LIMIT
 
@@ -148,3 +158,17 @@ result_backend = "rpc://"
 # Docs: configuration.html#worker-send-task-events
 worker_send_task_events = True
 task_send_sent_event = True
+
+
+# -- What Celery reads -----------------------------------------------------------------------
+
+_CELERY_SETTINGS = frozenset(key for key, _ in flatten(NAMESPACES))
+
+
+def __dir__() -> list[str]:
+    """Celery lists this module with ``dir()`` and takes every name as a setting: show it only its own.
+
+    The ``PROJ_*`` values above (upper case) and the imports are proj's, not Celery's, so
+    ``celery -A proj report`` lists real settings only.
+    """
+    return sorted(name for name in globals() if name in _CELERY_SETTINGS)

@@ -21,7 +21,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.delayed_delivery import DelayedDelivery as CeleryDelayedDelivery
 from kombu.utils.url import maybe_sanitize_url
 
-from . import config, deadletter
+from proj import config, deadletter
 
 logger = get_logger(__name__)
 

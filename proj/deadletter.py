@@ -19,7 +19,7 @@ import time
 
 from kombu import Connection
 
-from .topology import DEAD_QUEUE_NAME, QUEUE_NAME
+from proj.queues import DEAD_QUEUE_NAME, QUEUE_NAME
 
 REASON = "x-proj-dead-reason"
 DEAD_AT = "x-proj-dead-at"

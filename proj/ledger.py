@@ -42,7 +42,9 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 def record(task_id: str, message: str, event: str, redelivered: bool, path: str | None = None) -> None:
-    path = path or os.environ.get("PROJ_LEDGER")
+    from proj import config
+
+    path = path or config.LEDGER
     if not path:
         return
     connect(path).execute(

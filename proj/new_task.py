@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from . import config
+from proj import config
 
 EXIT_OK = 0
 EXIT_BROKER = 1
@@ -25,7 +25,7 @@ def describe_broker_error(exc: BaseException) -> str:
 
     from amqp import exceptions as amqp_exc
 
-    from .tasks import PublishError
+    from proj.tasks import PublishError
 
     if isinstance(exc, PublishError):
         if exc.__cause__ is None:  # refused by the broker: the error says why
@@ -70,14 +70,16 @@ def broker_url_problem(url: str) -> str | None:
     return None
 
 
-def publish(message: str):
-    """Publish ``message`` as ``proj.tasks.work``; return the AsyncResult. Raises on broker errors."""
-    from .celery import app
-    from .tasks import check_message, work
+def publish(message: str, broker_url: str | None = None):
+    """Publish ``message`` as ``proj.tasks.work`` to ``broker_url`` (default: the app's); return the AsyncResult.
+
+    Raises on broker errors."""
+    from proj.celery import app
+    from proj.tasks import check_message, work
 
     check_message(message)  # before connecting: a refused message never reaches the broker
     # Connection attempts, retries and the confirm wait all fit in PROJ_PUBLISH_TIMEOUT (config.py).
-    with app.connection_for_write() as conn:
+    with app.connection_for_write(url=broker_url) as conn:
         conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5, timeout=config.PUBLISH_TIMEOUT)
         return work.apply_async(args=[message], connection=conn, ignore_result=True)
 
@@ -86,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     message = " ".join(args) or "Hello World!"
 
-    from .celery import app
-    from .console import say
-    from .management import hide_password
+    from proj.celery import app
+    from proj.console import say
+    from proj.rabbit.management import hide_password
 
     url = app.conf.broker_url
     problem = broker_url_problem(url)

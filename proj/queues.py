@@ -1,184 +1,104 @@
-"""``proj queues``: the tutorial's ``rabbitmqctl list_queues name messages_ready messages_unacknowledged``.
+"""Where messages live: ``task_queue`` and its dead-letter queue ``task_queue.dead``.
 
-Read from RabbitMQ's management API (``PROJ_MANAGEMENT_URL``, else derived from ``CELERY_BROKER_URL``;
-the same URL Flower's Broker page reads), so it works without ``rabbitmqctl``, its Erlang cookie or
-root. A message stuck in ``unacked`` while no worker runs it is the tutorial's forgotten ack.
-
-Usage::
-
-    proj queues                    # every queue of the broker's vhost
-    proj queues task_queue         # only these
-    proj queues --json             # [{"name": ..., "messages_ready": ..., ...}]
-    proj queues --watch            # refresh every second; Ctrl+C to stop
-
-    name        ready  unacked  consumers
-    task_queue      3        2          2
-
-The management API refreshes its counts every ``collect_statistics_interval`` (5 s by default,
-0.5 s on ``proj broker``'s node), so a count may trail the broker by that much.
+``task_queue`` is declared exactly as the tutorials declare it, so their unchanged programs and
+ours agree on it: durable (``PROJ_QUEUE_TYPE=classic``, the default, as in the seed tutorial) or
+a quorum queue (``PROJ_QUEUE_TYPE=quorum``, as the current upstream tutorial declares it). Its
+dead-lettering into ``task_queue.dead`` comes from a RabbitMQ *policy*, not from queue arguments:
+an argument the tutorial's ``queue_declare`` does not pass would make RabbitMQ refuse that
+declaration (PRECONDITION_FAILED). Whoever declares ``task_queue`` (a producer or a worker)
+declares ``task_queue.dead`` first, and workers set the policy at start.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import time
-import urllib.parse
-from datetime import datetime
+import re
 
-import click
+from kombu import Exchange, Queue
 
-from .management import Management, ManagementError, configured_management_url, vhost_from_broker
+QUEUE_NAME = "task_queue"
+DEAD_QUEUE_NAME = f"{QUEUE_NAME}.dead"
+QUEUE_TYPES = ("classic", "quorum")
 
-EXIT_OK = 0
-EXIT_UNREACHABLE = 1
-
-#: The columns, as the table shows them and as the JSON names them (rabbitmqctl's own names).
-COLUMNS = (
-    ("name", "name"),
-    ("ready", "messages_ready"),
-    ("unacked", "messages_unacknowledged"),
-    ("consumers", "consumers"),
-)
+#: What to change when RabbitMQ refuses a declaration because one argument differs.
+SETTING_FOR_ARGUMENT = {
+    "x-queue-type": "PROJ_QUEUE_TYPE",
+    "durable": "the other program (task_queue is always durable in proj)",
+}
+#: The policy that gives task_queue its dead-letter exchange (and, for quorum queues, a backstop
+#: delivery limit one above the one proj's workers enforce with a reason).
+POLICY_NAME = "proj-task-queue"
 
 
-class QueuesError(RuntimeError):
-    """The queues could not be read; the message says what failed and what to do."""
+class WorkQueue(Queue):
+    """``task_queue``: declaring it declares its dead-letter queue first."""
+
+    # kombu copies a queue (to bind it to a channel) through its attrs: keep ours among them.
+    attrs = Queue.attrs + (("dead_letter_queue", None),)
+    dead_letter_queue: Queue | None = None
+
+    def declare(self, nowait=False, channel=None):
+        if self.dead_letter_queue is not None:
+            self.dead_letter_queue.bind(channel or self.channel).declare(nowait=nowait)
+        return super().declare(nowait=nowait, channel=channel)
 
 
-def management() -> Management:
-    """The management API client for the configured broker, or a QueuesError if its URL is unusable."""
-    from .celery import app
-
-    broker_url = app.conf.broker_url.split(";")[0]
-    url = configured_management_url(broker_url)
-    parts = urllib.parse.urlsplit(url)
-    try:
-        well_formed = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # a port that is not a number
-        well_formed = False
-    if not well_formed:
-        # Not echoed: a URL this malformed may not even show where its password is.
-        raise QueuesError(
-            "PROJ_MANAGEMENT_URL is not an http(s)://user:password@host:port/api/ URL: "
-            "set it like http://guest:guest@127.0.0.1:15672/api/ (`proj broker start` prints it)"
-        )
-    return Management(url, vhost_from_broker(broker_url), timeout=3.0)
+def queue_arguments(queue_type: str) -> dict:
+    """The arguments the tutorials pass: none for the classic queue, the type for a quorum queue."""
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(f"PROJ_QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}, not {queue_type!r}")
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
 
 
-def fetch(mgmt: Management, names: tuple[str, ...] = ()) -> list[dict]:
-    """One row per queue of the vhost (or of ``names``, in that order), with the table's columns."""
-    try:
-        listed = mgmt.request("GET", f"queues/{urllib.parse.quote(mgmt.vhost, safe='')}")
-    except ManagementError as exc:
-        raise QueuesError(_advice(str(exc))) from exc
-    if listed is None:
-        raise QueuesError(f"the broker has no virtual host {mgmt.vhost!r}: check the vhost in CELERY_BROKER_URL")
-    rows = {
-        q["name"]: {
-            "name": q["name"],
-            "messages_ready": int(q.get("messages_ready") or 0),
-            "messages_unacknowledged": int(q.get("messages_unacknowledged") or 0),
-            "consumers": int(q.get("consumers") or 0),
-        }
-        for q in listed
+def policy(max_deliveries: int) -> dict:
+    """The body of PUT /api/policies/{vhost}/proj-task-queue."""
+    return {
+        "pattern": f"^{re.escape(QUEUE_NAME)}$",
+        "apply-to": "queues",
+        "priority": 1,
+        "definition": {
+            "dead-letter-exchange": "",
+            "dead-letter-routing-key": DEAD_QUEUE_NAME,
+            # Quorum queues count deliveries themselves; classic queues ignore this key.
+            "delivery-limit": max_deliveries,
+        },
     }
-    if not names:
-        return [rows[name] for name in sorted(rows)]
-    missing = [name for name in names if name not in rows]
-    if missing:
-        raise QueuesError(f"no queue named {', '.join(missing)} in vhost {mgmt.vhost!r} (`proj queues` lists them)")
-    return [rows[name] for name in names]
 
 
-def _advice(error: str) -> str:
-    if "HTTP 401" in error:
-        return f"{error}: check the user and password in PROJ_MANAGEMENT_URL (or CELERY_BROKER_URL)"
-    if "cannot reach" in error:
-        return (
-            f"{error}: is RabbitMQ running with its management plugin? (`proj broker start` prints PROJ_MANAGEMENT_URL)"
-        )
-    return error
+def ensure_policy(management, max_deliveries: int) -> None:
+    """Set task_queue's dead-letter policy through the management API (raises ManagementError)."""
+    import urllib.parse
+
+    vhost = urllib.parse.quote(management.vhost, safe="")
+    management.request("PUT", f"policies/{vhost}/{POLICY_NAME}", policy(max_deliveries))
 
 
-def render_table(rows: list[dict]) -> str:
-    """An aligned table: names left-aligned, counts right-aligned, like ``rabbitmqctl list_queues``."""
-    header = [title for title, _ in COLUMNS]
-    body = [[str(row[key]) for _, key in COLUMNS] for row in rows]
-    widths = [max(len(cells[i]) for cells in [header, *body]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest])
-
-    return "\n".join(line(cells) for cells in [header, *body])
+def dead_letter_queue(queue_type: str) -> Queue:
+    args = {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
+    return Queue(DEAD_QUEUE_NAME, Exchange(""), routing_key=DEAD_QUEUE_NAME, durable=True, queue_arguments=args)
 
 
-def _show(rows: list[dict], as_json: bool, watching: bool) -> None:
-    if as_json:
-        # Watching: one JSON document per line and refresh, for `jq` and friends.
-        click.echo(json.dumps(rows) if watching else json.dumps(rows, indent=2))
-    else:
-        click.echo(render_table(rows))
+def work_queue(queue_type: str) -> WorkQueue:
+    return WorkQueue(
+        QUEUE_NAME,
+        Exchange("", type="direct"),
+        routing_key=QUEUE_NAME,
+        durable=True,
+        queue_arguments=queue_arguments(queue_type),
+        dead_letter_queue=dead_letter_queue(queue_type),
+    )
 
 
-def _fail(message: str) -> int:
-    click.echo(f"proj queues: {message}", err=True)
-    return EXIT_UNREACHABLE
+_INEQUIVALENT = re.compile(r"inequivalent arg '(?P<arg>[^']+)' for queue '(?P<queue>[^']+)'.*?received (?P<got>.+)$")
 
 
-def _watch(mgmt: Management, names: tuple[str, ...], as_json: bool, interval: float, count: int | None) -> int:
-    """Redraw every ``interval`` seconds; an outage shows one line and the watch goes on."""
-    tty = sys.stdout.isatty() and not as_json
-    status = EXIT_OK
-    shown = 0
-    next_at = time.monotonic()
-    try:
-        while count is None or shown < count:
-            try:
-                rows, error = fetch(mgmt, names), None
-            except QueuesError as exc:
-                rows, error = None, str(exc)
-            if tty:
-                click.echo("\x1b[H\x1b[2J", nl=False)
-                click.echo(f"Every {interval:g}s: proj queues    {datetime.now():%H:%M:%S}\n")
-            elif shown and not as_json:
-                click.echo()
-            if error is None:
-                _show(rows, as_json, watching=True)
-                status = EXIT_OK
-            else:
-                click.echo(f"proj queues: {error}", err=True)
-                status = EXIT_UNREACHABLE
-            shown += 1
-            if count is not None and shown >= count:
-                break
-            next_at += interval
-            time.sleep(max(0.0, next_at - time.monotonic()))
-    except KeyboardInterrupt:
-        pass
-    return status
-
-
-@click.command()
-@click.argument("names", nargs=-1)
-@click.option("--json", "as_json", is_flag=True, help="Print the queues as JSON.")
-@click.option("--watch", is_flag=True, help="Refresh every second until Ctrl+C.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, hidden=True, help="Seconds between refreshes.")
-@click.option("--count", type=click.IntRange(min=1), default=None, hidden=True, help="Stop watching after N refreshes.")
-def queues(names, as_json, watch, interval, count) -> None:
-    """The tutorial's `rabbitmqctl list_queues name messages_ready messages_unacknowledged`.
-
-    Reads RabbitMQ's management API at PROJ_MANAGEMENT_URL (default: derived from CELERY_BROKER_URL,
-    port 15672). NAMES limits the table to those queues.
-    """
-    try:
-        mgmt = management()
-        if watch:
-            sys.exit(_watch(mgmt, tuple(names), as_json, interval, count))
-        rows = fetch(mgmt, tuple(names))
-    except QueuesError as exc:
-        sys.exit(_fail(str(exc)))
-    _show(rows, as_json, watching=False)
-    sys.exit(EXIT_OK)
+def explain_mismatch(reply_text: str) -> str | None:
+    """One line for RabbitMQ's PRECONDITION_FAILED on a queue declaration, or None if it is not one."""
+    m = _INEQUIVALENT.search(reply_text or "")
+    if not m:
+        return None
+    arg, queue = m["arg"], m["queue"]
+    setting = SETTING_FOR_ARGUMENT.get(arg, "the queue's declaration")
+    return (
+        f"queue '{queue}' already exists with a different '{arg}' ({m['got']}): change {setting} to match it, "
+        f"or move its messages and delete the queue (rabbitmqctl delete_queue {queue})"
+    )

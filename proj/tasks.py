@@ -6,8 +6,8 @@ import time
 
 from celery import Task, shared_task
 
-from . import config, deadletter, ledger, topology
-from .console import say
+from proj import config, deadletter, ledger, queues
+from proj.console import say
 
 
 class PublishError(RuntimeError):
@@ -45,13 +45,13 @@ class MessageTask(Task):
                     "(x-max-length with x-overflow reject-publish) or the broker out of resources"
                 ) from None
             # the broker could not be reached within PROJ_PUBLISH_TIMEOUT
-            from .management import hide_password
+            from proj.rabbit.management import hide_password
 
             conn = options.get("connection")
             url = conn.as_uri() if conn is not None else self.app.conf.broker_url
             raise PublishError(f"could not publish to {hide_password(url)}: {exc}") from exc
         except PreconditionFailed as exc:
-            raise PublishError(topology.explain_mismatch(exc.reply_text) or exc.reply_text) from None
+            raise PublishError(queues.explain_mismatch(exc.reply_text) or exc.reply_text) from None
 
 
 def _caused_by(exc: BaseException, kind: type) -> bool:

@@ -11,7 +11,7 @@ import os
 import signal
 
 import pytest
-from conftest import TIMEOUT, publish, queue_depth, wait_until
+from helpers import TIMEOUT, publish, queue_depth, wait_until
 
 from proj import config
 

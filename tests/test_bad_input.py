@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from proj import config
-from proj.management import hide_password
+from proj.harness.workers import REPO_ROOT
+from proj.rabbit.management import hide_password
 from proj.tasks import work
-from proj.workers import REPO_ROOT
 
 NEW_TASK = Path(sys.executable).with_name("new-task")
 

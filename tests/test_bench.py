@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, channel_of, effective_prefetch, wait_until
+from helpers import TIMEOUT, channel_of, effective_prefetch, wait_until
 from kombu import Connection
 
 from proj.bench import pika_worker
 from proj.bench.load import pika_channel, pika_publish
-from proj.broker import Node
-from proj.workers import REPO_ROOT
+from proj.harness.workers import REPO_ROOT
+from proj.rabbit.node import Node
 
 #: The quick run at a fifth of its size: every section, fewer tasks (about a minute on 2 cores).
 BENCH_ARGS = ("bench", "--quick", "--json", "--scale", "0.2")

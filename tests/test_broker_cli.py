@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, wait_until
+from helpers import TIMEOUT, wait_until
 from kombu import Connection, Exchange, Producer, Queue
 
-from proj.broker import STATE_FILE, Node, free_port, port_is_free
+from proj.rabbit.node import STATE_FILE, Node, free_port, port_is_free
 
 PROJ = Path(sys.executable).with_name("proj")
 #: A node starts in ~6 s and stops in ~3-6 s; this leaves room for a loaded machine.

@@ -18,7 +18,7 @@ import pytest
 from proj import ledger
 from proj.chaos.checker import Fault, check
 from proj.chaos.schedule import KINDS, RESTART_BROKER, fault_schedule, task_messages
-from proj.workers import REPO_ROOT
+from proj.harness.workers import REPO_ROOT
 
 #: A seed whose 8 faults take in every kind, the broker restart once (a restart costs ~12 s).
 SEED = 0

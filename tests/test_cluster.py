@@ -23,11 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, wait_until
+from helpers import TIMEOUT, wait_until
 from kombu import Connection
 
 from proj import config, ledger
-from proj.cluster import COOKIE_FILE, Cluster, free_port_run
+from proj.rabbit.cluster import COOKIE_FILE, Cluster, free_port_run
 
 PROJ = Path(sys.executable).with_name("proj")
 SIZE = 3

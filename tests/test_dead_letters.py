@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pika
 import pytest
-from conftest import TIMEOUT, publish, queue_depth, wait_until
+from helpers import TIMEOUT, publish, queue_depth, wait_until
 from kombu import Connection
 
-from proj import config, dead, deadletter
+from proj import config, deadletter
+from proj.cli import dead
 
 REPO = Path(__file__).resolve().parent.parent
 TUTORIAL_NEW_TASK = REPO / "examples" / "tutorial" / "new_task.py"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from conftest import TIMEOUT, channel_of, effective_prefetch, publish, wait_until
+from helpers import TIMEOUT, channel_of, effective_prefetch, publish, wait_until
 
 from proj import config
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from amqp.exceptions import NotFound
-from conftest import TIMEOUT, mgmt_for, publish, queue_depth, start_private_node, wait_until
+from helpers import TIMEOUT, mgmt_for, publish, queue_depth, start_private_node, wait_until
 from kombu import Connection, Exchange, Producer, Queue
 
 from proj import config

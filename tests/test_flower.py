@@ -24,12 +24,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SECONDS_PER_DOT, TIMEOUT, publish, wait_until
+from helpers import SECONDS_PER_DOT, TIMEOUT, publish, wait_until
 
 from proj import config
-from proj.broker import Node, free_port
-from proj.management import Management
-from proj.workers import LoggedProcess, WorkerProcess
+from proj.harness.workers import LoggedProcess, WorkerProcess
+from proj.rabbit.management import Management
+from proj.rabbit.node import Node, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Debian's chromium as root in a container: no sandbox, no GPU, nothing fetched from the network.

@@ -18,13 +18,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 
-from proj.broker import free_port
-from proj.demo import FIVE_MESSAGES
+from proj.cli.demo import FIVE_MESSAGES
+from proj.harness.workers import REPO_ROOT
 from proj.lab import record as rec
 from proj.lab.scenarios import round_robin_verdict
-from proj.workers import REPO_ROOT
+from proj.rabbit.node import free_port
 
 #: `proj lab all` takes under a minute; leave room for a loaded machine.
 LAB_TIMEOUT = 150

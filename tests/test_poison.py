@@ -14,10 +14,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, publish, queue_depth, wait_until
+from helpers import TIMEOUT, publish, queue_depth, wait_until
 
-from proj import config, dead
-from proj.workers import REPO_ROOT
+from proj import config
+from proj.cli import dead
+from proj.harness.workers import REPO_ROOT
 
 MAX_DELIVERIES = 3  # smaller than the default 5, to keep the test short
 

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, queue_depth, wait_until
+from helpers import TIMEOUT, queue_depth, wait_until
 from kombu import Connection
 
 from proj import config
-from proj.broker import free_port
-from proj.management import hide_password
+from proj.rabbit.management import hide_password
+from proj.rabbit.node import free_port
 
 NEW_TASK = Path(sys.executable).with_name("new-task")
 #: A producer that cannot reach its broker must say so well within this many seconds.

@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import queue_depth
+from helpers import queue_depth
 from kombu import Exchange, Queue
 
 from proj import config
-from proj.broker import free_port
 from proj.celery import app
+from proj.harness.workers import REPO_ROOT
+from proj.rabbit.node import free_port
 from proj.tasks import PublishError, work
-from proj.workers import REPO_ROOT
 
 NEW_TASK = Path(sys.executable).with_name("new-task")
 

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, publish, wait_until
+from helpers import TIMEOUT, publish, wait_until
 
 from proj import config
-from proj.broker import free_port
+from proj.rabbit.node import free_port
 
 PROJ = Path(sys.executable).with_name("proj")
 #: A password no output may show.

@@ -22,12 +22,12 @@ from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, publish, wait_until
+from helpers import TIMEOUT, publish, wait_until
 from kombu import Connection, Producer
 from test_flower import FlowerProcess
 
 from proj import config
-from proj.broker import STATE_FILE, free_port
+from proj.rabbit.node import STATE_FILE, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, queue_depth, wait_until
+from helpers import TIMEOUT, queue_depth, wait_until
 from test_flower import FlowerProcess
 
 from proj import config
-from proj.broker import Node, free_port, pid_alive
-from proj.workers import LoggedProcess
+from proj.harness.workers import LoggedProcess
+from proj.rabbit.node import Node, free_port, pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

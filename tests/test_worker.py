@@ -6,13 +6,13 @@ import json
 import subprocess
 import sys
 
-from conftest import TIMEOUT, channel_of, effective_prefetch, publish, queue_depth, wait_until
+from helpers import TIMEOUT, channel_of, effective_prefetch, publish, queue_depth, wait_until
 from kombu import Connection
 
 from proj import config
 from proj.celery import app
+from proj.harness.workers import READY_LINE, REPO_ROOT
 from proj.tasks import work
-from proj.workers import READY_LINE, REPO_ROOT
 
 
 def test_default_worker_is_one_process_holding_at_most_one_message(fresh_queue, mgmt, start_worker):
@@ -117,7 +117,7 @@ def test_non_string_message_that_reaches_a_worker_fails_once_and_is_not_redelive
 
 def test_worker_imports_cleanly_with_warnings_as_errors():
     # The app and its config import with every warning turned into an error
-    code = "import proj, proj.tasks, proj.worker; print(proj.app.conf.task_acks_late)"
+    code = "import proj, proj.tasks, proj.signals; print(proj.app.conf.task_acks_late)"
     out = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from kombu import Connection
 
-from .. import config
-from ..workers import LoggedProcess, WorkerProcess
-from . import pika_worker
-from .tuned import SETTINGS_ENV
+from proj import config
+from proj.bench import pika_worker
+from proj.bench.tuned import SETTINGS_ENV
+from proj.harness.workers import LoggedProcess, WorkerProcess
 
 #: The reference's queue: the tutorial's settings, kept apart from Celery's ``task_queue``.
 PIKA_QUEUE = "task_queue_pika"
@@ -121,8 +121,8 @@ class Loader:
         """``work`` tasks exactly as ``apply_async`` builds them (persistent, to ``task_queue``)."""
         from kombu import Producer
 
-        from ..celery import app
-        from ..tasks import work
+        from proj.celery import app
+        from proj.tasks import work
 
         producer = Producer(self.channel, auto_declare=False)
         sent_event = app.conf.task_send_sent_event
@@ -216,7 +216,7 @@ class CeleryFleet:
         return [w.hostname for w in self.workers[:n]]
 
     def _control(self, command: str, n: int | None, reply: bool) -> None:
-        from ..celery import app
+        from proj.celery import app
 
         with Connection(self.url) as conn:
             method = getattr(app.control, command)

@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-from .pika_worker import connection_parameters
+from proj.bench.pika_worker import connection_parameters
 
 
 def pika_channel(url: str, queue: str):
@@ -60,7 +60,7 @@ def publish_celery(n: int, body: str = "bench", **options) -> float:
     The app's own producer pool and connection, as in any Celery client; ``CELERY_BROKER_URL``
     says where. One warm-up publish first, so connecting is not counted.
     """
-    from ..tasks import work
+    from proj.tasks import work
 
     work.apply_async(args=[body], **options)
     started = time.perf_counter()
@@ -74,8 +74,8 @@ def steady(kind: str, url: str, queue: str, rate: float, seconds: float) -> list
     count = max(1, int(rate * seconds))
     sent: list[tuple[str, float]] = []
     if kind == "celery":
-        from ..celery import app
-        from ..tasks import work
+        from proj.celery import app
+        from proj.tasks import work
 
         with app.producer_or_acquire() as producer:
 

@@ -27,7 +27,7 @@ import urllib.parse
 
 import pika
 
-from ..console import say
+from proj.console import say
 
 READY_LINE = " [*] Waiting for messages. To exit press CTRL+C"
 PAUSE_SIGNAL = signal.SIGUSR2

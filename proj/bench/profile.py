@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from .fleet import CeleryFleet, PikaFleet
-from .run import SECONDS_PER_DOT, Bench, Plan, say
+from proj.bench.fleet import CeleryFleet, PikaFleet
+from proj.bench.run import SECONDS_PER_DOT, Bench, Plan, say
 
 SAMPLE_RATE = 200
 

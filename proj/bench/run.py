@@ -23,11 +23,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..broker import Node, free_port
-from ..events import EventRecorder
-from ..management import Management
-from ..workers import REPO_ROOT
-from .fleet import PIKA_QUEUE, CeleryFleet, Loader, PikaFleet, QueueProbe, rss_kib
+from proj.bench.fleet import PIKA_QUEUE, CeleryFleet, Loader, PikaFleet, QueueProbe, rss_kib
+from proj.harness.events import EventRecorder
+from proj.harness.workers import REPO_ROOT
+from proj.rabbit.management import Management
+from proj.rabbit.node import Node, private_node
 
 #: One '.' is 10 ms in every benchmark worker: "." is the 10 ms task, a message without dots a no-op.
 SECONDS_PER_DOT = 0.01
@@ -109,7 +109,7 @@ def versions(node: Node) -> dict:
 
     rabbit = "unknown"
     with contextlib.suppress(Exception):
-        from ..management import Management
+        from proj.rabbit.management import Management
 
         rabbit = Management(node.management_url).request("GET", "overview")["rabbitmq_version"]
     return {
@@ -139,9 +139,8 @@ class Bench:
     # -- set-up and tear-down -------------------------------------------------------------------
 
     def start_broker(self) -> None:
-        port = free_port()
-        self.node = Node(data_dir=self.dir / "rabbitmq", port=port, management_port=free_port(avoid=(port,)))
-        say(f"starting a private RabbitMQ on 127.0.0.1:{port} (data in {self.dir})")
+        self.node = private_node(self.dir / "rabbitmq")
+        say(f"starting a private RabbitMQ on 127.0.0.1:{self.node.port} (data in {self.dir})")
         self.node.start()
         # The app in this process (control commands, .delay()) and every worker talk to the private
         # node; workers set task_queue's dead-letter policy through its management API.
@@ -300,8 +299,8 @@ class Bench:
 
     def section_publish(self) -> dict:
         """``.delay()`` with confirms vs pika's confirmed ``basic_publish``, one message at a time."""
-        from ..celery import app
-        from .load import publish_celery, publish_pika
+        from proj.bench.load import publish_celery, publish_pika
+        from proj.celery import app
 
         n = self.plan.publish_messages
         say(
@@ -465,7 +464,7 @@ class Bench:
         """From the first task-started to the last task-succeeded, publishing to running workers."""
         from kombu import Connection
 
-        from ..tasks import work
+        from proj.tasks import work
 
         with EventRecorder(self.node.url) as recorder:
             fleet.resume(W)
@@ -489,7 +488,7 @@ class Bench:
         """
         from kombu import Connection
 
-        from ..tasks import work
+        from proj.tasks import work
 
         kills = self.plan.kills
         fleet = self.celery
@@ -596,7 +595,7 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from .fleet import children_of
+        from proj.bench.fleet import children_of
 
         while not self._stop.wait(0.1):
             for name, worker in self.workers.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..celery import app
+from proj.celery import app
 
 #: The environment variable holding the JSON object of settings to override.
 SETTINGS_ENV = "PROJ_BENCH_SETTINGS"
@@ -25,7 +25,7 @@ __all__ = ("app",)
 
 from celery.worker.consumer import Consumer as CeleryConsumer  # noqa: E402
 
-from ..consumer import Consumer  # noqa: E402
+from proj.consumer import Consumer  # noqa: E402
 
 
 class ConfirmedEventsConsumer(Consumer):

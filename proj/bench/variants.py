@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import statistics
 
-from .fleet import CeleryFleet
-from .run import SECONDS_PER_DOT, Bench, Plan, W, say
+from proj.bench.fleet import CeleryFleet
+from proj.bench.run import SECONDS_PER_DOT, Bench, Plan, W, say
 
 
 @dataclasses.dataclass

@@ -29,12 +29,9 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from .. import config, ledger
-from ..broker import BrokerError, Node, free_port, pid_alive
-from ..management import Management, ManagementError, hide_password
-from ..workers import WorkerProcess
-from . import checker
-from .schedule import (
+from proj import config, ledger
+from proj.chaos import checker
+from proj.chaos.schedule import (
     COLD_SHUTDOWN,
     KILL_CHILD,
     KILL_WORKER,
@@ -47,6 +44,9 @@ from .schedule import (
     fault_schedule,
     task_messages,
 )
+from proj.harness.workers import WorkerProcess
+from proj.rabbit.management import Management, ManagementError, hide_password
+from proj.rabbit.node import BrokerError, Node, pid_alive, private_node
 
 SIGNALS = {KILL_WORKER: signal.SIGKILL, COLD_SHUTDOWN: signal.SIGQUIT, WARM_SHUTDOWN: signal.SIGTERM}
 #: How long a stopped worker may take to exit before it is SIGKILLed (and the run says so).
@@ -265,8 +265,7 @@ class Chaos:
         if self.s.cluster:
             self._start_cluster()
             return
-        port = free_port()
-        self.node = Node(data_dir=self.run_dir / "rabbitmq", port=port, management_port=free_port(avoid=(port,)))
+        self.node = private_node(self.run_dir / "rabbitmq")
         self.say(f" [*] starting a private RabbitMQ on 127.0.0.1:{self.node.port}")
         try:
             self.node.start()
@@ -276,7 +275,7 @@ class Chaos:
         self.mgmt = Management(self.node.management_url)
 
     def _start_cluster(self) -> None:
-        from ..cluster import Cluster, free_port_run
+        from proj.rabbit.cluster import Cluster, free_port_run
 
         size = self.s.cluster
         port = free_port_run(size)
@@ -321,7 +320,7 @@ class Chaos:
         from amqp.exceptions import NotFound
         from kombu import Connection
 
-        from ..new_task import describe_broker_error
+        from proj.new_task import describe_broker_error
 
         try:
             with Connection(self.url, connect_timeout=5) as conn:
@@ -533,8 +532,8 @@ class Chaos:
 
         conn = None
         try:
-            from .. import tasks
-            from ..celery import app
+            from proj import tasks
+            from proj.celery import app
 
             # The task of proj's app, not the thread's current app: in a thread other than the one that
             # created the app, Celery's current app is its fallback 'default' app, which routes to 'celery'.

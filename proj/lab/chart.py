@@ -12,7 +12,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from . import record as rec
+from proj.lab import record as rec
 
 DPI = 110
 WIDTH_IN = 12.0

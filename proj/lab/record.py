@@ -13,7 +13,7 @@ Timestamps are the workers' own (the events' ``timestamp``), epoch seconds on th
 
 from __future__ import annotations
 
-from ..events import TaskRecord
+from proj.harness.events import TaskRecord
 
 #: Sort order of events that share a timestamp: a delivery is received, started, flagged, finished.
 _ORDER = {"received": 0, "started": 1, "redelivered": 2, "succeeded": 3, "failed": 3}

@@ -11,7 +11,7 @@ import html
 import json
 from pathlib import Path
 
-from . import record as rec
+from proj.lab import record as rec
 
 OK, FAIL, SKIP = " [ok]", " [FAIL]", " [skip]"
 
@@ -167,7 +167,7 @@ def html_page(result: dict, png: Path | None) -> str:
 
 def write_files(result: dict, out_dir: Path) -> dict[str, Path]:
     """``NAME.json``, ``NAME.png`` and ``NAME.html`` in ``out_dir``; returns their paths."""
-    from .chart import render_png
+    from proj.lab.chart import render_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
     name = result["scenario"]

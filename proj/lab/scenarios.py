@@ -13,10 +13,10 @@ import os
 import signal
 import time
 
-from .. import config
-from ..demo import FIVE_MESSAGES
-from . import record as rec
-from .session import Lab, LabError
+from proj import config
+from proj.cli.demo import FIVE_MESSAGES
+from proj.lab import record as rec
+from proj.lab.session import Lab, LabError
 
 UNLIMITED = 0  # prefetch multiplier 0: no basic.qos limit, the tutorial's first worker.py
 FAIR = 1  # basic.qos(prefetch_count=1)

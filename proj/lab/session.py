@@ -20,13 +20,13 @@ from pathlib import Path
 
 from kombu import Connection
 
-from .. import config
-from ..broker import BrokerError, Node, free_port
-from ..events import EventRecorder
-from ..management import configured_management_url, hide_password
-from ..new_task import describe_broker_error
-from ..workers import WorkerProcess
-from . import record as rec
+from proj import config
+from proj.harness.events import EventRecorder
+from proj.harness.workers import WorkerProcess
+from proj.lab import record as rec
+from proj.new_task import describe_broker_error
+from proj.rabbit.management import configured_management_url, hide_password
+from proj.rabbit.node import BrokerError, Node, private_node
 
 #: Worker start-up and event subscription, on a loaded two-core machine.
 START_TIMEOUT = 60.0
@@ -79,8 +79,8 @@ class Lab:
 
     def _start_private_node(self) -> None:
         self.data_dir = Path(tempfile.mkdtemp(prefix="proj-lab-"))
-        port = free_port()
-        self.node = Node(data_dir=self.data_dir, port=port, management_port=free_port(avoid=(port,)))
+        self.node = private_node(self.data_dir)
+        port = self.node.port
         self.url = self.node.url
         self.echo(f" [*] Starting a private RabbitMQ on 127.0.0.1:{port} (data in {self.data_dir})")
         try:
@@ -210,8 +210,8 @@ class Lab:
 
     def publish(self, messages: list[str]) -> list[dict]:
         """Send each message as ``proj.tasks.work`` (persistent, confirmed); returns uuid and time of each."""
-        from ..celery import app
-        from ..tasks import work
+        from proj.celery import app
+        from proj.tasks import work
 
         out = []
         try:

@@ -13,17 +13,16 @@ also on Ctrl+C.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import subprocess
 import tempfile
 from pathlib import Path
 
-from .broker import BrokerError, Node, free_port
-from .console import say
-from .events import EventRecorder
-from .workers import WorkerProcess
+from proj.console import say
+from proj.harness.events import EventRecorder
+from proj.harness.workers import WorkerProcess
+from proj.rabbit.node import BrokerError, private_node
 
 FIVE_MESSAGES = ["First message.", "Second message..", "Third message...", "Fourth message....", "Fifth message....."]
 TIMEOUT = 120
@@ -31,14 +30,12 @@ TIMEOUT = 120
 
 def run(seconds_per_dot: float = 0.2, workers: int = 2) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="proj-demo-"))
-    port = free_port()
-    node = Node(data_dir=data_dir, port=port, management_port=free_port(avoid=(port,)))
+    node = private_node(data_dir)
     started: list[WorkerProcess] = []
     recorder: EventRecorder | None = None
     try:
         say(f" [*] Starting a private RabbitMQ on 127.0.0.1:{node.port} (data in {data_dir})")
         node.start()
-        os.environ["CELERY_BROKER_URL"] = node.url  # what new-task and the workers connect to
         for i in range(1, workers + 1):
             started.append(
                 WorkerProcess(f"w{i}", node.url, data_dir / "workers", seconds_per_dot=seconds_per_dot).start()
@@ -48,10 +45,10 @@ def run(seconds_per_dot: float = 0.2, workers: int = 2) -> int:
             say(f" [*] {w.hostname}: Waiting for messages. To exit press CTRL+C")
         recorder = EventRecorder(node.url).start()
 
-        from .new_task import publish
+        from proj.new_task import publish
 
         for message in FIVE_MESSAGES:
-            publish(message)
+            publish(message, node.url)
             say(f" [x] Sent {message!r}")
         recorder.wait_for(lambda r: r.succeeded_count() == len(FIVE_MESSAGES), TIMEOUT, "all five messages done")
 

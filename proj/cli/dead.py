@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import click
 
-from . import deadletter
-from .topology import DEAD_QUEUE_NAME, QUEUE_NAME
+from proj import deadletter
+from proj.queues import DEAD_QUEUE_NAME, QUEUE_NAME
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -71,7 +71,7 @@ def letter_of(message) -> DeadLetter:
 
 
 def _connection(broker_url: str | None):
-    from .celery import app
+    from proj.celery import app
 
     return deadletter.confirming(broker_url or app.conf.broker_url)
 
@@ -150,9 +150,9 @@ def purge(broker_url: str | None = None) -> int:
 
 
 def _fail(exc: Exception) -> None:
-    from .celery import app
-    from .management import hide_password
-    from .new_task import describe_broker_error
+    from proj.celery import app
+    from proj.new_task import describe_broker_error
+    from proj.rabbit.management import hide_password
 
     click.echo(f"proj dead: cannot reach {hide_password(app.conf.broker_url)}: {describe_broker_error(exc)}", err=True)
     sys.exit(EXIT_FAILED)

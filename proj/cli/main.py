@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from . import broker as broker_mod
-from .management import hide_password
+from proj.rabbit import node as broker_mod
+from proj.rabbit.management import hide_password
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -18,11 +18,11 @@ EXIT_FAILED = 1
 #: Commands that live in their own modules, imported only when used ("module:attribute").
 #: A module that is not there (yet) is left out of the command list.
 LAZY_COMMANDS = {
-    "lab": "proj.lab.cli:lab",
-    "queues": "proj.queues:queues",
-    "bench": "proj.bench.cli:bench",
-    "dead": "proj.dead:dead",
-    "chaos": "proj.chaos.cli:chaos",
+    "lab": "proj.cli.lab:lab",
+    "queues": "proj.cli.queues:queues",
+    "bench": "proj.cli.bench:bench",
+    "dead": "proj.cli.dead:dead",
+    "chaos": "proj.cli.chaos:chaos",
 }
 
 
@@ -100,7 +100,7 @@ cluster_option = click.option(
 
 def _cluster(data_dir: Path, size: int | None, port: int | None = None, management_port: int | None = None):
     """The cluster of a data dir (its saved settings, or these); None if it holds none and no size is given."""
-    from . import cluster as cluster_mod
+    from proj.rabbit import cluster as cluster_mod
 
     if size is None and not cluster_mod.is_cluster_dir(data_dir):
         return None
@@ -262,7 +262,7 @@ def _cluster_status(cluster, as_json: bool) -> None:
 
 
 def _existing_cluster(data_dir: Path):
-    from . import cluster as cluster_mod
+    from proj.rabbit import cluster as cluster_mod
 
     if not cluster_mod.is_cluster_dir(data_dir):
         _fail(f"no cluster in {data_dir.absolute()}: `proj broker start --cluster 3 --data-dir {data_dir}` starts one")
@@ -305,7 +305,7 @@ def start_node(data_dir, number) -> None:
 @click.option("--workers", type=click.IntRange(1, 8), default=2, show_default=True)
 def demo(seconds_per_dot, workers) -> None:
     """Private broker, two workers, the tutorial's five messages: who got which."""
-    from .demo import run
+    from proj.cli.demo import run
 
     sys.exit(run(seconds_per_dot=seconds_per_dot, workers=workers))
 

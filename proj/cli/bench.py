@@ -62,11 +62,11 @@ def bench(
     work_dir: Path | None,
 ) -> None:
     """Measure Celery against the tutorial's pika worker: throughput, latency, dispatch, redelivery, memory."""
-    from ..broker import BrokerError
-    from . import profile as profile_mod
-    from . import report
-    from . import variants as variants_mod
-    from .run import Plan, run
+    from proj.bench import profile as profile_mod
+    from proj.bench import report
+    from proj.bench import variants as variants_mod
+    from proj.bench.run import Plan, run
+    from proj.rabbit.node import BrokerError
 
     if out is not None:
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .schedule import KINDS, NODE_KILL, RESTART_BROKER
+from proj.chaos.schedule import KINDS, NODE_KILL, RESTART_BROKER
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the count found a lost, unexpected or unexplained task, or a message left over
@@ -63,7 +63,7 @@ def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, cluste
     shutdown), broker restart. Exit status 0 only if no task was lost, none ran unpublished, every
     duplicate run is explained by a fault and task_queue ends empty.
     """
-    from .run import Chaos, ChaosError, Settings
+    from proj.chaos.run import Chaos, ChaosError, Settings
 
     kinds = tuple(k.replace("-", "_") for k in fault_kinds)
     if cluster and broker_url:

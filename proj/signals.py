@@ -7,8 +7,8 @@ import sys
 from celery.signals import worker_init, worker_ready
 from celery.utils.log import get_logger
 
-from . import config
-from .console import say
+from proj import config
+from proj.console import say
 
 logger = get_logger(__name__)
 
@@ -40,7 +40,7 @@ def check_queue_declaration(app) -> None:
     """
     from amqp.exceptions import PreconditionFailed
 
-    from .topology import explain_mismatch
+    from proj.queues import explain_mismatch
 
     (queue,) = app.conf.task_queues
     try:
@@ -56,8 +56,8 @@ def check_queue_declaration(app) -> None:
 
 def ensure_dead_letter_policy(app) -> None:
     """Give task_queue its dead-letter exchange (a RabbitMQ policy), or say loudly that it has none."""
-    from .management import Management, ManagementError
-    from .topology import ensure_policy
+    from proj.queues import ensure_policy
+    from proj.rabbit.management import Management, ManagementError
 
     try:
         ensure_policy(Management.for_broker(app.conf.broker_url), config.MAX_DELIVERIES)

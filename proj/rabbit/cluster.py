@@ -41,7 +41,7 @@ import threading
 import time
 from pathlib import Path
 
-from .broker import (
+from proj.rabbit.node import (
     START_TIMEOUT,
     STATE_FILE,
     STOP_TIMEOUT,
@@ -166,7 +166,7 @@ class Cluster:
 
     def management(self):
         """A management API client on a node that answers (node 1 first), or ClusterError."""
-        from .management import Management, ManagementError
+        from proj.rabbit.management import Management, ManagementError
 
         errors = []
         for node in self.nodes:
@@ -328,7 +328,7 @@ class Cluster:
 
     def cluster_view(self) -> list[dict]:
         """``[{name, running}, ...]`` for every cluster member, as a running node's management API says."""
-        from .management import ManagementError
+        from proj.rabbit.management import ManagementError
 
         try:
             nodes = self.management().request("GET", "nodes") or []
@@ -441,7 +441,7 @@ class Cluster:
 
     def quorum_queues(self) -> list[dict]:
         """Each quorum queue's leader and members (which nodes hold a replica, which of those are up)."""
-        from .management import ManagementError
+        from proj.rabbit.management import ManagementError
 
         try:
             queues = self.management().queues()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import urllib.error
 import urllib.parse
@@ -40,10 +39,12 @@ def vhost_from_broker(broker_url: str) -> str:
 
 
 def configured_management_url(broker_url: str | None = None) -> str:
-    if os.environ.get("PROJ_MANAGEMENT_URL"):
-        return os.environ["PROJ_MANAGEMENT_URL"]
+    from proj import config
+
+    if config.MANAGEMENT_URL:
+        return config.MANAGEMENT_URL
     if broker_url is None:
-        from .celery import app
+        from proj.celery import app
 
         broker_url = app.conf.broker_url
     return management_url_from_broker(broker_url.split(";")[0])
@@ -82,7 +83,7 @@ class Management:
     @classmethod
     def for_broker(cls, broker_url: str | None = None) -> Management:
         if broker_url is None:
-            from .celery import app
+            from proj.celery import app
 
             broker_url = app.conf.broker_url
         return cls(configured_management_url(broker_url), vhost_from_broker(broker_url.split(";")[0]))

@@ -87,7 +87,7 @@ def lab(ctx, scenario, workers, seconds_per_dot, real_time, broker_url, out_dir,
         seconds_per_dot = 1.0
     if kill == "pool-child" and kill_signal == "QUIT":
         raise click.UsageError("--signal QUIT is a cold shutdown of the worker: use it with --kill worker")
-    from .scenarios import Options
+    from proj.lab.scenarios import Options
 
     options = Options(workers=workers, kill=kill, signal=kill_signal)
     sys.exit(run(scenario, options, seconds_per_dot=seconds_per_dot, broker_url=broker_url, out_dir=out_dir))
@@ -105,11 +105,11 @@ def run(scenario: str, options, *, seconds_per_dot: float, broker_url: str | Non
     """Run ``scenario`` (or all of them) and report; returns the exit status."""
     from kombu.exceptions import OperationalError
 
-    from ..management import hide_password
-    from ..new_task import describe_broker_error
-    from . import report
-    from .scenarios import CANNOT_RESTART, SCENARIOS
-    from .session import Lab, LabError, no_interrupts
+    from proj.lab import report
+    from proj.lab.scenarios import CANNOT_RESTART, SCENARIOS
+    from proj.lab.session import Lab, LabError, no_interrupts
+    from proj.new_task import describe_broker_error
+    from proj.rabbit.management import hide_password
 
     if scenario == "durability" and broker_url:
         fail(CANNOT_RESTART)

@@ -51,6 +51,12 @@ def free_port(avoid: tuple[int, ...] = ()) -> int:
             return port
 
 
+def private_node(data_dir: Path | str, **options) -> Node:
+    """A node (not started) whose AMQP and management ports are free right now, its files in ``data_dir``."""
+    port = free_port()
+    return Node(data_dir=data_dir, port=port, management_port=free_port(avoid=(port,)), **options)
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -85,10 +91,12 @@ def pid_alive(pid: int | None) -> bool:
 
 def find_rabbitmq_bin() -> Path:
     """The directory with ``rabbitmq-server`` and ``rabbitmqctl``, or a BrokerError saying how to install."""
-    if os.environ.get("PROJ_RABBITMQ_BIN"):
+    from proj import config
+
+    if config.RABBITMQ_BIN:
         # An explicit choice is the only place we look: falling back to the system's scripts
         # would silently run another RabbitMQ than the one asked for.
-        chosen = Path(os.environ["PROJ_RABBITMQ_BIN"])
+        chosen = Path(config.RABBITMQ_BIN)
         if (chosen / "rabbitmq-server").exists():
             return chosen
         raise BrokerError(
@@ -396,8 +404,8 @@ class Node:
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.start()
-            from .console import say
-            from .management import hide_password
+            from proj.console import say
+            from proj.rabbit.management import hide_password
 
             say(f" [*] RabbitMQ {self.node_name} ready: CELERY_BROKER_URL={hide_password(self.url)}")
             say(f" [*] management API: {hide_password(self.management_url)}")

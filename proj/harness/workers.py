@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 READY_LINE = " [*] Waiting for messages. To exit press CTRL+C"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class LoggedProcess:

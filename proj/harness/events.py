@@ -69,7 +69,7 @@ class EventRecorder:
 
     def __init__(self, broker_url: str, app=None):
         if app is None:
-            from .celery import app
+            from proj.celery import app
         self.app = app
         self.broker_url = broker_url
         self.tasks: dict[str, TaskRecord] = {}

@@ -1,0 +1,1 @@
+"""Running the real parts: processes ended by PID, ``celery -A proj worker`` processes, the event recorder."""

@@ -1,0 +1,1 @@
+"""RabbitMQ itself: a private node (``node``), a cluster of them (``cluster``), the management API client."""
