@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import threading
+import time
 
 from celery.signals import worker_init, worker_ready
 from celery.utils.log import get_logger
@@ -54,13 +56,24 @@ def check_queue_declaration(app) -> None:
     ensure_dead_letter_policy(app)
 
 
+#: Seconds the worker waits for RabbitMQ to show its dead-letter policy on task_queue before saying it is
+#: not in effect: the management API shows a queue's policy with its statistics, refreshed every
+#: collect_statistics_interval (5 s by default), so two of those and some slack.
+POLICY_CHECK_TIMEOUT = 15.0
+
+#: The management API through which the policy was set, until the check below has run.
+_policy_to_check = None
+
+
 def ensure_dead_letter_policy(app) -> None:
-    """Give task_queue its dead-letter exchange (a RabbitMQ policy), or say loudly that it has none."""
+    """Give task_queue its dead-letter exchange (RabbitMQ policies), or say loudly that it has none."""
+    global _policy_to_check
     from proj.queues import ensure_policy
     from proj.rabbit.management import Management, ManagementError
 
+    management = Management.for_broker(app.conf.broker_url)
     try:
-        ensure_policy(Management.for_broker(app.conf.broker_url), config.MAX_DELIVERIES)
+        ensure_policy(management, config.MAX_DELIVERIES)
     except ManagementError as exc:
         logger.warning(
             "could not set the dead-letter policy of %s (%s): proj's workers still dead-letter what they "
@@ -68,8 +81,53 @@ def ensure_dead_letter_policy(app) -> None:
             config.QUEUE_NAME,
             exc,
         )
+        return
+    _policy_to_check = management
+
+
+def check_policy_in_effect(management, timeout: float = POLICY_CHECK_TIMEOUT, interval: float = 0.25) -> bool:
+    """Wait until RabbitMQ shows our dead-letter policy on task_queue; else say so in one line. True if it does.
+
+    A policy RabbitMQ finds inapplicable, or one of higher priority matching task_queue, leaves the queue
+    without a dead-letter exchange: what the broker itself dead-letters (an expired message, a reject
+    without requeue) would vanish instead of reaching task_queue.dead.
+    """
+    from proj.queues import POLICY_NAMES, policy_problem
+    from proj.rabbit.management import ManagementError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            queue = management.queue(config.QUEUE_NAME)
+        except ManagementError as exc:
+            logger.warning("could not check the dead-letter policy of %s: %s", config.QUEUE_NAME, exc)
+            return False
+        problem = policy_problem(queue)
+        if problem is None:
+            logger.info("Dead-letter policy %s in effect on %s", queue.get("policy"), config.QUEUE_NAME)
+            return True
+        if time.monotonic() > deadline:
+            logger.error(
+                "the dead-letter policy is not in effect on %s (%s): a message RabbitMQ itself dead-letters "
+                "(expired, rejected without requeue) would be lost, not moved to %s; look for a policy of "
+                "higher priority than %s matching %s (rabbitmqctl list_policies)",
+                config.QUEUE_NAME,
+                problem,
+                config.DEAD_QUEUE_NAME,
+                " and ".join(POLICY_NAMES),
+                config.QUEUE_NAME,
+            )
+            return False
+        time.sleep(interval)
 
 
 @worker_ready.connect
 def announce_ready(sender=None, **kwargs) -> None:
+    global _policy_to_check
     say(" [*] Waiting for messages. To exit press CTRL+C")
+    if _policy_to_check is not None:
+        # In the background: the answer may take a statistics interval or two, and consuming need not wait.
+        management, _policy_to_check = _policy_to_check, None
+        check = threading.Thread(target=check_policy_in_effect, args=(management,), name="proj-policy-check")
+        check.daemon = True
+        check.start()

@@ -209,3 +209,72 @@ def test_tutorial_text_is_acked_only_after_the_work_and_redelivered_if_its_worke
     assert [host for host, _ in done.succeeded] == [other.hostname]
     assert done.redelivered and done.redelivered[0][0] == other.hostname
     wait_until(lambda: settled(fresh_queue, mgmt), what="task_queue empty")
+
+
+# -- What RabbitMQ itself dead-letters: the policy (issue 11, defect 1) ---------------------------
+
+
+def pika_channel(node):
+    connection = pika.BlockingConnection(pika.ConnectionParameters(host="127.0.0.1", port=node.port))
+    return connection, connection.channel()
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_message_that_expires_or_is_rejected_in_task_queue_reaches_task_queue_dead(
+    queue_type, fresh_queue, mgmt, start_worker
+):
+    # Given task_queue of this type, declared by a worker that set the dead-letter policy and then stopped
+    env = {"PROJ_QUEUE_TYPE": queue_type, "PROJ_MANAGEMENT_URL": fresh_queue.management_url}
+    worker = start_worker("w1", fresh_queue.url, env=env)
+    worker.kill()
+    assert mgmt.queue(config.QUEUE_NAME)["type"] == queue_type
+
+    # When a consumer rejects a message without requeue (basic.reject, requeue=False)
+    connection, channel = pika_channel(fresh_queue)
+    try:
+        channel.confirm_delivery()
+        persistent = pika.BasicProperties(delivery_mode=2)
+        channel.basic_publish("", config.QUEUE_NAME, b"Rejected...", properties=persistent)
+        method, _, body = channel.basic_get(config.QUEUE_NAME)
+        assert body == b"Rejected..."
+        channel.basic_reject(method.delivery_tag, requeue=False)
+        # And another message outlives its per-message TTL in task_queue
+        expiring = pika.BasicProperties(delivery_mode=2, expiration="100")
+        channel.basic_publish("", config.QUEUE_NAME, b"Expired...", properties=expiring)
+    finally:
+        connection.close()
+
+    # Then RabbitMQ moved both to task_queue.dead, each with its reason, instead of dropping them
+    wait_until(lambda: queue_depth(fresh_queue.url, config.DEAD_QUEUE_NAME) == 2, what="two dead letters")
+    reasons = {letter.body: letter.reason for letter in dead.list_letters(fresh_queue.url)}
+    assert reasons == {
+        b"Rejected...": f"rejected by RabbitMQ (from {config.QUEUE_NAME})",
+        b"Expired...": f"expired by RabbitMQ (from {config.QUEUE_NAME})",
+    }
+    # And the management API shows the policy of this queue type in effect on task_queue
+    queue = wait_until(lambda: (q := mgmt.queue(config.QUEUE_NAME)).get("policy") and q, what="policy shown")
+    assert queue["policy"] == f"proj-task-queue-{queue_type}"
+    assert queue["effective_policy_definition"]["dead-letter-routing-key"] == config.DEAD_QUEUE_NAME
+    assert queue_depth(fresh_queue.url) == 0
+
+
+def test_worker_says_in_one_line_when_another_policy_keeps_the_dead_letter_policy_off_task_queue(
+    fresh_queue, mgmt, start_worker
+):
+    # Given an operator's policy of higher priority matching task_queue (without a dead-letter exchange)
+    mgmt.put_policy(
+        "ops-limits", {"pattern": "^task_", "apply-to": "queues", "priority": 10, "definition": {"max-length": 100000}}
+    )
+    try:
+        # When a worker starts
+        worker = start_worker("w1", fresh_queue.url, env={"PROJ_MANAGEMENT_URL": fresh_queue.management_url})
+
+        # Then it says, in one line, that task_queue is not dead-lettered by the broker, naming that policy
+        text = "the dead-letter policy is not in effect on task_queue"
+        worker.wait_for_line(text, TIMEOUT)
+        (line,) = [line for line in worker.log().splitlines() if text in line]
+        assert "policy 'ops-limits' applies to it instead" in line and config.DEAD_QUEUE_NAME in line
+        # And it runs tasks all the same: proj's own dead-lettering does not depend on the policy
+        assert worker.alive()
+    finally:
+        mgmt.delete_policy("ops-limits")

@@ -131,6 +131,17 @@ class Management:
             if "HTTP 404" not in str(exc):
                 raise
 
+    def put_policy(self, name: str, body: dict) -> None:
+        self.request("PUT", f"policies/{self._vh()}/{urllib.parse.quote(name, safe='')}", body)
+
+    def delete_policy(self, name: str) -> None:
+        """Delete a policy of the vhost; one that does not exist is not an error."""
+        try:
+            self.request("DELETE", f"policies/{self._vh()}/{urllib.parse.quote(name, safe='')}")
+        except ManagementError as exc:
+            if "HTTP 404" not in str(exc):
+                raise
+
     def counts(self, name: str) -> tuple[int, int] | None:
         """(messages_ready, messages_unacknowledged) of a queue, or None if it does not exist."""
         q = self.queue(name)
