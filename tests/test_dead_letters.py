@@ -278,3 +278,72 @@ def test_worker_says_in_one_line_when_another_policy_keeps_the_dead_letter_polic
         assert worker.alive()
     finally:
         mgmt.delete_policy("ops-limits")
+
+
+# -- Requeue while a worker runs (issue 11, defect 2) -------------------------------------------
+
+
+def run_dead(node, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("proj")), "dead", *args],
+        env={**os.environ, "CELERY_BROKER_URL": node.url},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+UNREGISTERED = (
+    json.dumps([["x"], {}, {}]).encode(),
+    {"content_type": "application/json", "content_encoding": "utf-8", "headers": {"task": "no.such", "id": "u1"}},
+)
+MOVED = "Moved a message to task_queue.dead"
+
+
+def test_requeue_all_moves_each_dead_letter_once_while_a_worker_dead_letters_them_again(
+    fresh_queue, mgmt, start_worker
+):
+    # Given a running worker, and four dead letters it still cannot run (their cause is not fixed)
+    worker = start_worker("w1", fresh_queue.url)
+    for i in range(4):
+        pika_publish(fresh_queue, b"\xff junk %d" % i)
+    wait_until(lambda: queue_depth(fresh_queue.url, config.DEAD_QUEUE_NAME) == 4, what="four dead letters")
+
+    # When they are all requeued, the worker dead-lettering each again as soon as it is back
+    out = run_dead(fresh_queue, "requeue", "--all")
+
+    # Then exactly the four that were there are requeued, once each, and that is the count reported
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"[x] Requeued 4 messages to {config.QUEUE_NAME}"
+    wait_until(lambda: worker.log().count(MOVED) >= 8 and settled(fresh_queue, mgmt), what="dead-lettered again")
+    assert queue_depth(fresh_queue.url, config.DEAD_QUEUE_NAME) == 4
+    assert worker.log().count(MOVED) == 8
+
+
+def test_requeue_by_id_moves_that_dead_letter_once_while_a_worker_dead_letters_it_again(
+    fresh_queue, mgmt, start_worker
+):
+    # Given a running worker, a dead letter with task id u1 (an unregistered task), and many more behind it
+    worker = start_worker("w1", fresh_queue.url)
+    body, properties = UNREGISTERED
+    pika_publish(fresh_queue, body, **properties)
+    wait_until(lambda: queue_depth(fresh_queue.url, config.DEAD_QUEUE_NAME) == 1, what="u1 dead-lettered")
+    connection, channel = pika_channel(fresh_queue)
+    try:
+        channel.confirm_delivery()
+        for i in range(200):
+            channel.basic_publish("", config.DEAD_QUEUE_NAME, b"old %d" % i, pika.BasicProperties(delivery_mode=2))
+    finally:
+        connection.close()
+
+    # When u1 is requeued, and the worker dead-letters it again at once (while the others are read)
+    out = run_dead(fresh_queue, "requeue", "u1")
+
+    # Then it was requeued once, and came back to task_queue.dead once
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"[x] Requeued 1 message to {config.QUEUE_NAME}"
+    wait_until(lambda: worker.log().count(MOVED) >= 2 and settled(fresh_queue, mgmt), what="u1 dead-lettered again")
+    assert worker.log().count(MOVED) == 2
+    assert [letter.id for letter in dead.list_letters(fresh_queue.url)].count("u1") == 1
+    assert queue_depth(fresh_queue.url, config.DEAD_QUEUE_NAME) == 201

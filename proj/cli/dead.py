@@ -12,6 +12,7 @@ broker puts every message back: listing moves nothing. Requeue is copy-then-ack 
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import sys
@@ -21,10 +22,8 @@ from dataclasses import dataclass
 import click
 
 from proj import deadletter
+from proj.cli import exits
 from proj.queues import DEAD_QUEUE_NAME, QUEUE_NAME
-
-EXIT_OK = 0
-EXIT_FAILED = 1
 
 
 @dataclass
@@ -56,14 +55,16 @@ def letter_of(message) -> DeadLetter:
     body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
     # A Celery task keeps its task id; anything else is named by a digest of its body and arrival.
     ident = headers.get("id") or hashlib.sha1(body + repr(headers.get(deadletter.DEAD_AT)).encode()).hexdigest()[:12]
-    reason = headers.get(deadletter.REASON)
+    reason, dead_at = headers.get(deadletter.REASON), headers.get(deadletter.DEAD_AT)
     if reason is None and headers.get("x-death"):  # dead-lettered by the broker itself
         death = headers["x-death"][0]
         reason = f"{death.get('reason')} by RabbitMQ (from {death.get('queue')})"
+        if isinstance(death.get("time"), datetime.datetime):  # an AMQP timestamp: UTC, to the second
+            dead_at = death["time"].replace(tzinfo=datetime.UTC).timestamp()
     return DeadLetter(
         id=str(ident),
         reason=str(reason or "unknown"),
-        dead_at=headers.get(deadletter.DEAD_AT),
+        dead_at=dead_at,
         body=body,
         content_type=message.content_type or "",
         headers=headers,
@@ -77,23 +78,31 @@ def _connection(broker_url: str | None):
 
 
 def walk(conn, visit) -> int:
-    """Take every dead letter unacked, call ``visit(message, letter)``; the rest go back at close."""
+    """Take the dead letters that are there now, unacked, calling ``visit(message, letter)`` on each.
+
+    Only as many as the queue held when the walk began: what arrives meanwhile (a requeued message
+    that a running worker dead-letters again, say) lands behind them and is left for the next run,
+    so a requeue never takes the same message twice. ``visit`` returns True to stop early. The
+    messages not acked go back to the queue, in order, when the channel closes.
+    """
     from amqp.exceptions import NotFound
 
     channel = conn.channel()
     try:
         try:  # passive: the queue's type (classic or quorum) is whatever the workers declared
-            channel.queue_declare(DEAD_QUEUE_NAME, passive=True)
+            there = channel.queue_declare(DEAD_QUEUE_NAME, passive=True).message_count
         except NotFound:
             return 0
         count = 0
-        while True:
+        while count < there:
             raw = channel.basic_get(DEAD_QUEUE_NAME, no_ack=False)
-            if raw is None:
+            if raw is None:  # someone else took the rest
                 return count
             message = channel.message_to_python(raw)
             count += 1
-            visit(message, letter_of(message))
+            if visit(message, letter_of(message)):
+                return count
+        return count
     finally:
         channel.close()  # unacked messages return to the queue, in order
 
@@ -106,13 +115,16 @@ def list_letters(broker_url: str | None = None) -> list[DeadLetter]:
 
 
 def requeue(ids: set[str] | None, broker_url: str | None = None) -> list[str]:
-    """Move the dead letters with these ids (all if None) back to task_queue; returns the ids moved."""
+    """Move the dead letters with these ids (all if None) back to task_queue; returns the ids moved.
+
+    Each message that was in task_queue.dead when it began is moved at most once (see ``walk``).
+    """
     moved: list[str] = []
     with _connection(broker_url) as conn:
 
-        def visit(message, letter):
+        def visit(message, letter) -> bool:
             if ids is not None and letter.id not in ids:
-                return
+                return False
             headers = {k: v for k, v in letter.headers.items() if not k.startswith("x-proj-") and k != "x-death"}
             content_type = letter.headers.get(deadletter.ORIGINAL_CONTENT_TYPE, letter.content_type) or None
             encoding = letter.headers.get(deadletter.ORIGINAL_CONTENT_ENCODING, message.content_encoding) or None
@@ -129,6 +141,7 @@ def requeue(ids: set[str] | None, broker_url: str | None = None) -> list[str]:
                 )
             message.ack()
             moved.append(letter.id)
+            return ids is not None and ids <= set(moved)  # every one named is back: stop
 
         walk(conn, visit)
     return moved
@@ -155,7 +168,7 @@ def _fail(exc: Exception) -> None:
     from proj.rabbit.management import hide_password
 
     click.echo(f"proj dead: cannot reach {hide_password(app.conf.broker_url)}: {describe_broker_error(exc)}", err=True)
-    sys.exit(EXIT_FAILED)
+    sys.exit(exits.CANNOT_RUN)
 
 
 @click.group()
@@ -199,7 +212,7 @@ def requeue_command(ids: tuple[str, ...], all_: bool) -> None:
     """Put dead letters back on task_queue (once their cause is fixed)."""
     if not ids and not all_:
         click.echo("proj dead requeue: name the IDs to requeue (see `proj dead list`) or pass --all", err=True)
-        sys.exit(EXIT_FAILED)
+        sys.exit(exits.CANNOT_RUN)
     try:
         moved = requeue(None if all_ else set(ids))
     except Exception as exc:
@@ -208,7 +221,7 @@ def requeue_command(ids: tuple[str, ...], all_: bool) -> None:
     click.echo(f" [x] Requeued {len(moved)} message{'s' if len(moved) != 1 else ''} to {QUEUE_NAME}")
     if missing:
         click.echo(f"proj dead requeue: no dead letter with id {', '.join(sorted(missing))}", err=True)
-        sys.exit(EXIT_FAILED)
+        sys.exit(exits.FAILED)
 
 
 @dead.command("purge")
