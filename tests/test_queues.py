@@ -15,6 +15,7 @@ import pytest
 from helpers import TIMEOUT, publish, wait_until
 
 from proj import config
+from proj.cli import exits
 from proj.rabbit.node import free_port
 
 PROJ = Path(sys.executable).with_name("proj")
@@ -68,7 +69,7 @@ def test_queues_shows_ready_unacked_and_consumers_as_an_aligned_table(env, fresh
 
     # Then it has the tutorial's columns, and task_queue's row says 2 ready, 1 unacked, 1 consumer
     assert result.returncode == 0, result.stderr
-    header, *rows = result.stdout.rstrip("\n").split("\n")
+    header, *rows = [line for line in result.stdout.rstrip("\n").split("\n") if not line.startswith("~ ")]
     assert header.split() == ["name", "ready", "unacked", "consumers"]
     row = next(line for line in rows if line.split()[0] == config.QUEUE_NAME)
     assert row.split()[1:] == ["2", "1", "1"]
@@ -91,6 +92,7 @@ def test_queues_json_lists_every_queue_of_the_vhost_with_rabbitmqctls_names(env,
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     by_name = {row["name"]: row for row in rows}
+    assert isinstance(by_name[config.QUEUE_NAME].pop("unacked_may_trail"), bool)
     assert by_name[config.QUEUE_NAME] == {
         "name": config.QUEUE_NAME,
         "messages_ready": 2,
@@ -146,7 +148,7 @@ def test_queues_watch_stops_after_count_refreshes_with_one_table_each(env, fresh
     assert result.stdout.count(config.QUEUE_NAME) == 3
 
 
-def test_queues_with_an_unreachable_management_api_prints_one_line_and_exits_1(fresh_queue):
+def test_queues_with_an_unreachable_management_api_prints_one_line_and_exits_2(fresh_queue):
     # Given a management URL where nothing listens, with a password in it
     port = free_port(avoid=(15672,))
     env = queues_env(fresh_queue.url, f"http://guest:{SECRET}@127.0.0.1:{port}/api/")
@@ -154,8 +156,8 @@ def test_queues_with_an_unreachable_management_api_prints_one_line_and_exits_1(f
     # When `proj queues` is run
     result = run_queues(env=env)
 
-    # Then one line on stderr says what failed and what to do; no traceback, no password
-    assert result.returncode == 1
+    # Then one line on stderr says what failed and what to do, exit 2; no traceback, no password
+    assert result.returncode == exits.CANNOT_RUN
     assert result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("proj queues: cannot reach the management API at ") and f":{port}/api/" in line
@@ -163,15 +165,15 @@ def test_queues_with_an_unreachable_management_api_prints_one_line_and_exits_1(f
     assert SECRET not in result.stderr and "Traceback" not in result.stderr
 
 
-def test_queues_watch_with_the_management_api_unreachable_keeps_saying_so_and_exits_1(fresh_queue):
+def test_queues_watch_with_the_management_api_unreachable_keeps_saying_so_and_exits_2(fresh_queue):
     # Given a management URL where nothing listens
     env = queues_env(fresh_queue.url, f"http://guest:{SECRET}@127.0.0.1:{free_port(avoid=(15672,))}/api/")
 
     # When the watch runs two refreshes
     result = run_queues("--watch", "--count", "2", "--interval", "0.1", env=env)
 
-    # Then each refresh says it in one line, and the exit status is 1
-    assert result.returncode == 1
+    # Then each refresh says it in one line, and the exit status is 2 (it cannot run)
+    assert result.returncode == exits.CANNOT_RUN
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("proj queues: cannot reach") for line in lines), lines
     assert SECRET not in result.stderr + result.stdout
@@ -185,7 +187,7 @@ def test_queues_with_a_wrong_password_says_to_check_it_without_printing_it(fresh
     result = run_queues(env=env)
 
     # Then one line says the login was refused and what to check, without the password
-    assert result.returncode == 1
+    assert result.returncode == exits.CANNOT_RUN
     (line,) = result.stderr.strip().splitlines()
     assert "HTTP 401" in line and "check the user and password in PROJ_MANAGEMENT_URL" in line
     assert SECRET not in result.stderr + result.stdout
@@ -198,19 +200,19 @@ def test_queues_derives_the_management_url_from_the_broker_url_when_it_is_not_se
     # When `proj queues` is run
     result = run_queues(env=env)
 
-    # Then it tried the broker's host on port 15672 (the derived URL), said so in one line, exit 1
-    assert result.returncode == 1
+    # Then it tried the broker's host on port 15672 (the derived URL), said so in one line, exit 2
+    assert result.returncode == exits.CANNOT_RUN
     (line,) = result.stderr.strip().splitlines()
     assert "http://192.0.2.1:15672/api/" in line
     assert SECRET not in result.stderr
 
 
-def test_queues_names_a_missing_queue_and_exits_1(env):
+def test_queues_names_a_missing_queue_and_exits_2(env):
     # When `proj queues` is asked for a queue that does not exist
     result = run_queues("no_such_queue", env=env)
 
     # Then it says so in one line
-    assert result.returncode == 1
+    assert result.returncode == exits.CANNOT_RUN
     assert result.stderr.strip() == "proj queues: no queue named no_such_queue in vhost '/' (`proj queues` lists them)"
 
 
@@ -222,7 +224,53 @@ def test_queues_rejects_a_management_url_that_is_not_http(fresh_queue):
     result = run_queues(env=env)
 
     # Then one line names the variable and shows the expected form, without the password
-    assert result.returncode == 1
+    assert result.returncode == exits.CANNOT_RUN
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("proj queues: PROJ_MANAGEMENT_URL is not an http(s)://") and "set it like http://" in line
     assert SECRET not in line
+
+
+# -- Exact counts, Celery's queues left out (issue 11, defect 4) --------------------------------
+
+
+def test_queues_counts_ready_and_consumers_exactly_right_after_a_publish_and_a_worker_start(
+    env, fresh_queue, start_worker
+):
+    # Given three long tasks just published, no worker
+    publish(fresh_queue.url, ["Exact task " + "." * 600] * 3)
+
+    # When `proj queues` runs at once
+    row = task_queue_row(env)
+
+    # Then it counts the three as ready, as rabbitmqctl list_queues would, with no consumer
+    assert (row["messages_ready"], row["consumers"]) == (3, 0), row
+
+    # And right after a worker is ready (it takes one task, prefetch 1), it counts that consumer
+    start_worker("exact-w1", fresh_queue.url)
+    row = task_queue_row(env)
+    assert row["consumers"] == 1, row
+    assert row["messages_ready"] in (2, 3), row  # 3 until the broker has delivered the first one
+
+
+def test_queues_leaves_out_celerys_own_queues_unless_asked_for_all(env, fresh_queue, mgmt, start_worker, recorder):
+    # Given a running worker (its remote-control queue) and an event receiver (its celeryev queue)
+    start_worker("internal-w1", fresh_queue.url)
+
+    def internal_queues_listed():
+        names = {q["name"] for q in mgmt.queues()}
+        pidbox = any(n.endswith(".pidbox") for n in names)
+        return pidbox and any(n.startswith("celeryev.") for n in names) and names
+
+    wait_until(internal_queues_listed, what="the worker's pidbox queue and a celeryev queue listed")
+
+    # When `proj queues` runs, and `proj queues --all`
+    shown = {row["name"] for row in json.loads(run_queues("--json", env=env).stdout)}
+    everything = run_queues("--all", "--json", env=env)
+
+    # Then the first shows task_queue and its dead letters but none of Celery's own queues
+    assert {config.QUEUE_NAME, config.DEAD_QUEUE_NAME} <= shown
+    assert not [n for n in shown if n.startswith("celeryev.") or n.endswith(".pidbox")], shown
+    # And --all shows them too
+    assert everything.returncode == 0, everything.stderr
+    all_names = {row["name"] for row in json.loads(everything.stdout)}
+    assert any(n.startswith("celeryev.") for n in all_names) and any(n.endswith(".pidbox") for n in all_names)

@@ -1,26 +1,32 @@
 """``proj queues``: the tutorial's ``rabbitmqctl list_queues name messages_ready messages_unacknowledged``.
 
-Read from RabbitMQ's management API (``PROJ_MANAGEMENT_URL``, else derived from ``CELERY_BROKER_URL``;
-the same URL Flower's Broker page reads), so it works without ``rabbitmqctl``, its Erlang cookie or
-root. A message stuck in ``unacked`` while no worker runs it is the tutorial's forgotten ack.
+``ready`` and ``consumers`` are exact at the moment of the call, as ``rabbitmqctl`` gives them: a
+passive ``queue.declare`` on ``CELERY_BROKER_URL`` answers both. ``unacked`` has no such answer over
+AMQP, so it comes from RabbitMQ's management API (``PROJ_MANAGEMENT_URL``, else derived from
+``CELERY_BROKER_URL``; the same URL Flower's Broker page reads), whose statistics trail the queue by
+a few seconds (2 to 5 s measured on RabbitMQ 3.10, even at ``collect_statistics_interval = 500``).
+When they visibly trail (their ready or consumer count is not the exact one), the unacked count is
+marked ``~`` and a note says so. A message stuck in ``unacked`` while no worker runs it is the
+tutorial's forgotten ack. Celery's own queues (``celeryev.*``, ``*.pidbox``, result reply queues)
+are left out unless ``--all``.
 
 Usage::
 
-    proj queues                    # every queue of the broker's vhost
+    proj queues                    # the vhost's queues, Celery's internal ones left out
+    proj queues --all              # with them
     proj queues task_queue         # only these
     proj queues --json             # [{"name": ..., "messages_ready": ..., ...}]
     proj queues --watch            # refresh every second; Ctrl+C to stop
 
-    name        ready  unacked  consumers
-    task_queue      3        2          2
-
-The management API refreshes its counts every ``collect_statistics_interval`` (5 s by default,
-0.5 s on ``proj broker``'s node), so a count may trail the broker by that much.
+    name             ready  unacked  consumers
+    task_queue           3        2          2
+    task_queue.dead      0        0          0
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 import urllib.parse
@@ -28,10 +34,22 @@ from datetime import datetime
 
 import click
 
-from proj.rabbit.management import Management, ManagementError, configured_management_url, vhost_from_broker
+from proj.cli import exits
+from proj.rabbit.management import (
+    Management,
+    ManagementError,
+    configured_management_url,
+    hide_password,
+    vhost_from_broker,
+)
 
-EXIT_OK = 0
-EXIT_UNREACHABLE = 1
+#: Celery's own queues: task events (``celeryev.<uuid>``), remote control (``<worker>.celery.pidbox``,
+#: ``reply.celery.pidbox``), ``rpc://`` result replies (one per client, named by a UUID), server-named.
+INTERNAL_QUEUE = re.compile(
+    r"^(celeryev\..*|.*\.pidbox|amq\.gen-.*|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
+)
+#: The mark of an unacked count whose statistics visibly trail the queue.
+TRAILING = "~"
 
 #: The columns, as the table shows them and as the JSON names them (rabbitmqctl's own names).
 COLUMNS = (
@@ -66,29 +84,92 @@ def management() -> Management:
     return Management(url, vhost_from_broker(broker_url), timeout=3.0)
 
 
-def fetch(mgmt: Management, names: tuple[str, ...] = ()) -> list[dict]:
-    """One row per queue of the vhost (or of ``names``, in that order), with the table's columns."""
+class Exact:
+    """Exact ready and consumer counts, from passive ``queue.declare`` on one AMQP connection (kept while watching)."""
+
+    def __init__(self, broker_url: str):
+        self.broker_url = broker_url
+        self.connection = None
+
+    def counts(self, names: list[str]) -> dict[str, tuple[int, int] | None]:
+        """(ready, consumers) per queue; None for a queue that does not exist; absent if it cannot be read."""
+        from amqp.exceptions import ChannelError, NotFound
+        from kombu import Connection
+
+        from proj.new_task import describe_broker_error
+
+        try:
+            if self.connection is None:
+                self.connection = Connection(self.broker_url, connect_timeout=3)
+                self.connection.ensure_connection(max_retries=1, timeout=3)
+            found: dict[str, tuple[int, int] | None] = {}
+            channel = self.connection.channel()
+            try:
+                for name in names:
+                    try:
+                        ok = channel.queue_declare(name, passive=True)
+                        found[name] = (ok.message_count, ok.consumer_count)
+                    except NotFound:
+                        found[name] = None
+                        channel = self.connection.channel()  # the error closed the channel
+                    except ChannelError:  # another connection's exclusive queue: the statistics will do
+                        channel = self.connection.channel()
+            finally:
+                channel.close()
+            return found
+        except Exception as exc:
+            self.close()
+            raise QueuesError(
+                f"cannot read the queues at {hide_password(self.broker_url)}: {describe_broker_error(exc)}"
+            ) from exc
+
+    def close(self) -> None:
+        if self.connection is not None:
+            try:
+                self.connection.close()
+            except Exception:  # already gone
+                pass
+            self.connection = None
+
+
+def fetch(mgmt: Management, exact: Exact, names: tuple[str, ...] = (), show_all: bool = False) -> list[dict]:
+    """One row per queue of the vhost (or of ``names``, in that order), with the table's columns.
+
+    ``ready`` and ``consumers`` are exact; ``unacked`` is the management API's, with
+    ``unacked_may_trail`` true when that API's ready or consumer count is not the exact one.
+    """
     try:
         listed = mgmt.request("GET", f"queues/{urllib.parse.quote(mgmt.vhost, safe='')}")
     except ManagementError as exc:
         raise QueuesError(_advice(str(exc))) from exc
     if listed is None:
         raise QueuesError(f"the broker has no virtual host {mgmt.vhost!r}: check the vhost in CELERY_BROKER_URL")
-    rows = {
-        q["name"]: {
-            "name": q["name"],
-            "messages_ready": int(q.get("messages_ready") or 0),
-            "messages_unacknowledged": int(q.get("messages_unacknowledged") or 0),
-            "consumers": int(q.get("consumers") or 0),
-        }
-        for q in listed
-    }
-    if not names:
-        return [rows[name] for name in sorted(rows)]
-    missing = [name for name in names if name not in rows]
-    if missing:
+    stats = {q["name"]: q for q in listed}
+    if names:
+        wanted = list(names)
+    else:
+        wanted = sorted(name for name in stats if show_all or not INTERNAL_QUEUE.match(name))
+    counts = exact.counts(wanted)
+    missing = [name for name in wanted if name in counts and counts[name] is None]
+    if names and missing:
         raise QueuesError(f"no queue named {', '.join(missing)} in vhost {mgmt.vhost!r} (`proj queues` lists them)")
-    return [rows[name] for name in names]
+    rows = []
+    for name in wanted:
+        if name in counts and counts[name] is None:  # deleted since it was listed
+            continue
+        q = stats.get(name)  # None: declared a moment ago, not in the statistics yet
+        seen = (int(q.get("messages_ready") or 0), int(q.get("consumers") or 0)) if q else None
+        ready, consumers = counts.get(name) or seen or (0, 0)
+        rows.append(
+            {
+                "name": name,
+                "messages_ready": ready,
+                "messages_unacknowledged": int(q.get("messages_unacknowledged") or 0) if q else None,
+                "consumers": consumers,
+                "unacked_may_trail": seen != (ready, consumers) or name not in counts,
+            }
+        )
+    return rows
 
 
 def _advice(error: str) -> str:
@@ -102,9 +183,17 @@ def _advice(error: str) -> str:
 
 
 def render_table(rows: list[dict]) -> str:
-    """An aligned table: names left-aligned, counts right-aligned, like ``rabbitmqctl list_queues``."""
+    """An aligned table: names left-aligned, counts right-aligned, like ``rabbitmqctl list_queues``.
+
+    An unacked count whose statistics visibly trail is marked ``~``, and a note under the table says so.
+    """
+
+    def unacked(row: dict) -> str:
+        n = row["messages_unacknowledged"]
+        return ("?" if n is None else str(n)) + (TRAILING if row["unacked_may_trail"] else "")
+
     header = [title for title, _ in COLUMNS]
-    body = [[str(row[key]) for _, key in COLUMNS] for row in rows]
+    body = [[row["name"], str(row["messages_ready"]), unacked(row), str(row["consumers"])] for row in rows]
     widths = [max(len(cells[i]) for cells in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -112,7 +201,13 @@ def render_table(rows: list[dict]) -> str:
         rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
         return "  ".join([first, *rest])
 
-    return "\n".join(line(cells) for cells in [header, *body])
+    lines = [line(cells) for cells in [header, *body]]
+    if any(row["unacked_may_trail"] for row in rows):
+        lines.append(
+            f"{TRAILING} unacked comes from RabbitMQ's statistics, a few seconds behind on the queues marked "
+            "(ready and consumers are exact)"
+        )
+    return "\n".join(lines)
 
 
 def _show(rows: list[dict], as_json: bool, watching: bool) -> None:
@@ -125,19 +220,27 @@ def _show(rows: list[dict], as_json: bool, watching: bool) -> None:
 
 def _fail(message: str) -> int:
     click.echo(f"proj queues: {message}", err=True)
-    return EXIT_UNREACHABLE
+    return exits.CANNOT_RUN
 
 
-def _watch(mgmt: Management, names: tuple[str, ...], as_json: bool, interval: float, count: int | None) -> int:
+def _watch(
+    mgmt: Management,
+    exact: Exact,
+    names: tuple[str, ...],
+    show_all: bool,
+    as_json: bool,
+    interval: float,
+    count: int | None,
+) -> int:
     """Redraw every ``interval`` seconds; an outage shows one line and the watch goes on."""
     tty = sys.stdout.isatty() and not as_json
-    status = EXIT_OK
+    status = exits.OK
     shown = 0
     next_at = time.monotonic()
     try:
         while count is None or shown < count:
             try:
-                rows, error = fetch(mgmt, names), None
+                rows, error = fetch(mgmt, exact, names, show_all), None
             except QueuesError as exc:
                 rows, error = None, str(exc)
             if tty:
@@ -147,10 +250,10 @@ def _watch(mgmt: Management, names: tuple[str, ...], as_json: bool, interval: fl
                 click.echo()
             if error is None:
                 _show(rows, as_json, watching=True)
-                status = EXIT_OK
+                status = exits.OK
             else:
                 click.echo(f"proj queues: {error}", err=True)
-                status = EXIT_UNREACHABLE
+                status = exits.CANNOT_RUN
             shown += 1
             if count is not None and shown >= count:
                 break
@@ -163,22 +266,32 @@ def _watch(mgmt: Management, names: tuple[str, ...], as_json: bool, interval: fl
 
 @click.command()
 @click.argument("names", nargs=-1)
+@click.option("--all", "show_all", is_flag=True, help="Also Celery's own queues (celeryev.*, *.pidbox, replies).")
 @click.option("--json", "as_json", is_flag=True, help="Print the queues as JSON.")
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl+C.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, hidden=True, help="Seconds between refreshes.")
 @click.option("--count", type=click.IntRange(min=1), default=None, hidden=True, help="Stop watching after N refreshes.")
-def queues(names, as_json, watch, interval, count) -> None:
+def queues(names, show_all, as_json, watch, interval, count) -> None:
     """The tutorial's `rabbitmqctl list_queues name messages_ready messages_unacknowledged`.
 
-    Reads RabbitMQ's management API at PROJ_MANAGEMENT_URL (default: derived from CELERY_BROKER_URL,
-    port 15672). NAMES limits the table to those queues.
+    ready and consumers are exact (a passive queue.declare on CELERY_BROKER_URL); unacked comes from
+    RabbitMQ's management API at PROJ_MANAGEMENT_URL (default: derived from CELERY_BROKER_URL, port
+    15672), marked ~ when its statistics are visibly behind. NAMES limits the table to those queues.
     """
+    from proj.celery import app
+
     try:
         mgmt = management()
-        if watch:
-            sys.exit(_watch(mgmt, tuple(names), as_json, interval, count))
-        rows = fetch(mgmt, tuple(names))
     except QueuesError as exc:
         sys.exit(_fail(str(exc)))
+    exact = Exact(app.conf.broker_url)
+    try:
+        if watch:
+            sys.exit(_watch(mgmt, exact, tuple(names), show_all, as_json, interval, count))
+        rows = fetch(mgmt, exact, tuple(names), show_all)
+    except QueuesError as exc:
+        sys.exit(_fail(str(exc)))
+    finally:
+        exact.close()
     _show(rows, as_json, watching=False)
-    sys.exit(EXIT_OK)
+    sys.exit(exits.OK)
