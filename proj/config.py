@@ -65,6 +65,14 @@ RABBITMQ_BIN = os.environ.get("PROJ_RABBITMQ_BIN") or None
 #: message longer than that has its channel closed and the message redelivered while it still runs.
 BROKER_CONSUMER_TIMEOUT = _env("PROJ_BROKER_CONSUMER_TIMEOUT", "1800", float)
 
+#: Seconds a message reserved by a worker may wait without starting while one of the worker's pool
+#: processes is idle, before the worker gives it back to the broker (proj/guard.py; 0 turns the guard off).
+#: A healthy worker starts such a message within milliseconds; the slowest legitimate wait is a pool
+#: process being replaced and starting (Celery's worker_proc_alive_timeout, 4 s) on a loaded machine.
+#: 30 s is well above that, and far below RabbitMQ's consumer_timeout (one hour on proj's nodes), which
+#: would otherwise be what ends the wait. The tutorial: a message is never stuck on a worker that cannot do it.
+STUCK_AFTER = _env("PROJ_STUCK_AFTER", "30", float)
+
 # -- Where the broker is --------------------------------------------------------------------------
 
 # The tutorial connects to a RabbitMQ on localhost. CELERY_BROKER_URL overrides this.

@@ -21,7 +21,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.delayed_delivery import DelayedDelivery as CeleryDelayedDelivery
 from kombu.utils.url import maybe_sanitize_url
 
-from proj import config, deadletter
+from proj import config, deadletter, guard
 
 logger = get_logger(__name__)
 
@@ -107,6 +107,12 @@ class Consumer(CeleryConsumer):
             "proj.consumer:DelayedDelivery" if step.endswith(":DelayedDelivery") else step
             for step in CeleryConsumer.Blueprint.default_steps
         ]
+
+    def register_with_event_loop(self, hub):
+        """Celery's registration, then the stuck-message fix and guard (proj/guard.py)."""
+        super().register_with_event_loop(hub)
+        guard.arm_start_deadlines(self.controller.pool, hub)
+        guard.guard_of(self).register_with_event_loop(hub)
 
     def create_task_handler(self, *args, **kwargs):
         on_celery_message = super().create_task_handler(*args, **kwargs)

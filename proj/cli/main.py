@@ -23,6 +23,7 @@ LAZY_COMMANDS = {
     "bench": "proj.cli.bench:bench",
     "dead": "proj.cli.dead:dead",
     "chaos": "proj.cli.chaos:chaos",
+    "health": "proj.cli.health:health",
 }
 
 
