@@ -8,7 +8,7 @@ from celery.signals import worker_init, worker_ready
 from celery.utils.log import get_logger
 
 from proj import config
-from proj.console import say
+from proj.console import READY_LINE, say
 
 logger = get_logger(__name__)
 
@@ -72,4 +72,4 @@ def ensure_dead_letter_policy(app) -> None:
 
 @worker_ready.connect
 def announce_ready(sender=None, **kwargs) -> None:
-    say(" [*] Waiting for messages. To exit press CTRL+C")
+    say(READY_LINE)

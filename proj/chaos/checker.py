@@ -15,9 +15,10 @@ Pure: no broker, no processes. The counts are those of RabbitMQ's Jepsen checks:
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
+
+from proj.harness.stats import percentile
 
 #: A task that finished this long before a fault may still have had its ack in flight.
 ACK_GRACE = 1.0
@@ -86,15 +87,6 @@ def hit(fault: Fault, ex: Execution) -> bool:
     if ex.start > fault.end + START_GRACE:
         return False
     return ex.done is None or ex.done >= fault.begin - ACK_GRACE
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def check(
