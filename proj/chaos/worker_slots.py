@@ -148,7 +148,7 @@ class WorkerSlots:
             fault.end = time.time()
             # Orphaned pool children may finish their task (and write 'done', with no ack to follow).
             deadline = time.monotonic() + ORPHAN_GRACE
-            while time.monotonic() < deadline and self._group_alive(key, proc.pid):
+            while time.monotonic() < deadline and self._orphans_alive(key, proc.pid):
                 time.sleep(0.05)
             self.end(proc, key)  # SIGKILL what is left of the group, then reap
             fault.note += f"; exit status {proc.proc.returncode} after {fault.end - fault.begin:.1f} s"
@@ -172,7 +172,7 @@ class WorkerSlots:
         except Exception as exc:  # a restarter must not die silently: the run would wait forever
             state.errors.append(f"restarting {slot.name}: {type(exc).__name__}: {exc}")
 
-    def _group_alive(self, key: str, pgid: int) -> bool:
+    def _orphans_alive(self, key: str, pgid: int) -> bool:
         """Whether a process of that worker incarnation, other than its main process, still runs."""
         with self.state.lock:
             pids = set(self.state.pids_of[key]) - {pgid}
