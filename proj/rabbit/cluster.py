@@ -1,6 +1,6 @@
 """A RabbitMQ cluster on one machine: N private nodes on 127.0.0.1, one epmd, one Erlang cookie, one data dir.
 
-Each node is a ``proj.broker.Node`` with ports of its own (node i: AMQP ``port + i - 1``, management
+Each node is a ``proj.rabbit.node.Node`` with ports of its own (node i: AMQP ``port + i - 1``, management
 ``management_port + i - 1``, name ``proj-PORT@localhost``). The nodes share the cluster's data dir
 as $HOME, so they share its Erlang cookie, and they register with one epmd, so they find each other.
 

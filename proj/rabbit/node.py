@@ -125,7 +125,7 @@ class Node:
     stats_interval_ms: int = 500
     #: $HOME, where Erlang keeps the cookie (``.erlang.cookie``): the data dir, unless nodes share one.
     home: Path | None = None
-    #: False when another process (``proj.cluster.Cluster``) runs the epmd at ``epmd_port`` for several nodes.
+    #: False when another process (``proj.rabbit.cluster.Cluster``) runs the epmd at ``epmd_port`` for several nodes.
     own_epmd: bool = True
     #: Lines added to rabbitmq.conf (a cluster's peer discovery, for example).
     extra_config: tuple[str, ...] = ()
