@@ -212,10 +212,16 @@ class CeleryFleet:
         return [w.hostname for w in self.workers[:n]]
 
     def _control(self, command: str, n: int | None, reply: bool) -> None:
+        from celery.app.control import Control
+
         from proj.celery import app
 
+        control = Control(app)
+        # Celery's control publishes through its app's producer pool, so to the app's own broker
+        # whatever connection it is given; without the pool it publishes on the connection given.
+        control.mailbox.producer_pool = None
         with Connection(self.url) as conn:
-            method = getattr(app.control, command)
+            method = getattr(control, command)
             hosts = self.hostnames(n)
             replies = method(
                 self.queue, destination=hosts, reply=reply, timeout=CONTROL_TIMEOUT, limit=len(hosts), connection=conn
