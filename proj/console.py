@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import sys
 
+#: What a worker prints once it consumes: the tutorial's ``worker.py`` line, from proj's workers and the pika reference.
+READY_LINE = " [*] Waiting for messages. To exit press CTRL+C"
+
 
 def say(line: str) -> None:
     """Print one tutorial line on the process's real stdout, flushed at once."""

@@ -22,10 +22,9 @@ from celery.worker.consumer.delayed_delivery import DelayedDelivery as CeleryDel
 from kombu.utils.url import maybe_sanitize_url
 
 from proj import config, deadletter, guard
+from proj.tasks import TASK_NAME
 
 logger = get_logger(__name__)
-
-TASK_NAME = "proj.tasks.work"
 
 
 def tutorial_text(message) -> str | None:

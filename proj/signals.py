@@ -10,7 +10,7 @@ from celery.signals import worker_init, worker_ready
 from celery.utils.log import get_logger
 
 from proj import config
-from proj.console import say
+from proj.console import READY_LINE, say
 
 logger = get_logger(__name__)
 
@@ -124,7 +124,7 @@ def check_policy_in_effect(management, timeout: float = POLICY_CHECK_TIMEOUT, in
 @worker_ready.connect
 def announce_ready(sender=None, **kwargs) -> None:
     global _policy_to_check
-    say(" [*] Waiting for messages. To exit press CTRL+C")
+    say(READY_LINE)
     if _policy_to_check is not None:
         # In the background: the answer may take a statistics interval or two, and consuming need not wait.
         management, _policy_to_check = _policy_to_check, None

@@ -9,6 +9,9 @@ from celery import Task, shared_task
 from proj import config, deadletter, ledger, queues
 from proj.console import say
 
+#: The task's name in every message: what producers put in the ``task`` header and workers look up.
+TASK_NAME = "proj.tasks.work"
+
 
 class PublishError(RuntimeError):
     """The broker did not take a message: nothing was queued, and the caller must know."""
@@ -67,7 +70,7 @@ def _caused_by(exc: BaseException, kind: type) -> bool:
 def check_message(message: object) -> str:
     if not isinstance(message, str):
         raise TypeError(
-            f"proj.tasks.work takes the message as a str, got {type(message).__name__} {message!r}: "
+            f"{TASK_NAME} takes the message as a str, got {type(message).__name__} {message!r}: "
             "pass text such as 'Hello...'"
         )
     size = len(message.encode("utf-8", "surrogatepass"))
@@ -88,7 +91,7 @@ def was_redelivered(request) -> bool:
 
 
 # shared_task: registered on every app, proj's and the in-process test apps alike.
-@shared_task(base=MessageTask, bind=True, name="proj.tasks.work")
+@shared_task(base=MessageTask, bind=True, name=TASK_NAME)
 def work(self, message: str) -> int:
     """Sleep one unit per '.' in ``message`` and return the number of dots."""
     # A bad message that reached us anyway (another producer) fails once and is acked: a

@@ -3,6 +3,7 @@ reading the broker's counts. Import them with ``from helpers import ...``."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -15,6 +16,31 @@ from proj.rabbit.node import Node, private_node
 #: Seconds per '.' in tests: the tutorial's second, shrunk so the suite runs in minutes.
 SECONDS_PER_DOT = 0.1
 TIMEOUT = 60
+
+
+class Poller:
+    """Calls ``poll()`` every ``interval`` seconds in a thread of its own, from ``with`` to its end."""
+
+    interval = 0.1
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 def start_private_node(data_dir) -> Node:

@@ -121,8 +121,8 @@ def test_checker_reports_a_published_task_with_no_done_row_as_lost():
     report = check(published, rows, queue={"ready": 0, "unacked": 0})
 
     # Then it reports one lost task, by id, and fails the run
-    assert report["lost"] == 1 and report["lost_ids"] == ["t3"]
-    assert report["completed"] == 2 and report["ok"] is False
+    assert report.lost == 1 and report.lost_ids == ["t3"]
+    assert report.completed == 2 and report.ok is False
 
 
 def test_checker_counts_a_row_of_a_task_never_published_as_unexpected():
@@ -131,7 +131,7 @@ def test_checker_counts_a_row_of_a_task_never_published_as_unexpected():
 
     report = check(published, rows, queue={"ready": 0, "unacked": 0})
 
-    assert report["unexpected"] == 1 and report["unexpected_ids"] == ["stranger"] and report["ok"] is False
+    assert report.unexpected == 1 and report.unexpected_ids == ["stranger"] and report.ok is False
 
 
 def test_checker_explains_a_second_run_after_the_kill_of_the_process_running_the_first():
@@ -150,11 +150,11 @@ def test_checker_explains_a_second_run_after_the_kill_of_the_process_running_the
     report = check(published, rows, [kill], queue={"ready": 0, "unacked": 0})
 
     # Then the killed task is no duplicate (it finished once) and its redelivery took 2 s
-    assert report["lost"] == 0
-    assert report["redelivery_latency"]["count"] == 1 and report["redelivery_latency"]["p50"] == 2.0
+    assert report.lost == 0
+    assert report.redelivery_latency["count"] == 1 and report.redelivery_latency["p50"] == 2.0
     # And the task that ran twice for no reason is an unexplained duplicate, which fails the run
-    assert report["duplicated"] == 1 and report["duplicated_unexplained"] == 1
-    assert report["unexplained"][0]["task_id"] == "twice" and report["ok"] is False
+    assert report.duplicated == 1 and report.duplicated_unexplained == 1
+    assert report.unexplained[0]["task_id"] == "twice" and report.ok is False
 
 
 def test_checker_explains_a_duplicate_whose_ack_was_cut_off_by_a_broker_restart():
@@ -165,13 +165,13 @@ def test_checker_explains_a_duplicate_whose_ack_was_cut_off_by_a_broker_restart(
 
     report = check(published, rows, [restart], queue={"ready": 0, "unacked": 0})
 
-    assert report["duplicated"] == 1 and report["duplicated_explained"] == 1 and report["ok"] is True
+    assert report.duplicated == 1 and report.duplicated_explained == 1 and report.ok is True
 
 
 def test_checker_fails_a_run_that_leaves_messages_in_the_queue():
     published = {"t1": "m t1"}
     report = check(published, done_once("t1", 100, 1.0), queue={"ready": 0, "unacked": 1})
-    assert report["leftover"] is True and report["ok"] is False
+    assert report.leftover is True and report.ok is False
 
 
 def test_chaos_refuses_a_run_dir_that_already_holds_a_run(tmp_path):

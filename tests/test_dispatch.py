@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-
-from helpers import TIMEOUT, channel_of, effective_prefetch, publish, wait_until
+from helpers import TIMEOUT, Poller, channel_of, effective_prefetch, publish, wait_until
 
 from proj import config
 
@@ -78,31 +76,21 @@ def max_held_per_worker(recorder) -> dict[str, int]:
     return held
 
 
-class UnackedSampler:
+class UnackedSampler(Poller):
     """Read each consumer channel's unacknowledged count from the broker while workers run."""
 
     def __init__(self, mgmt):
         self.mgmt, self.peak, self.samples = mgmt, 0, 0
         self.prefetch_counts: set[int] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            consumers = {channel_of(c): c for c in consumers_on_task_queue(self.mgmt) if channel_of(c)}
-            for ch in self.mgmt.channels():
-                if ch["name"] in consumers:
-                    self.samples += 1
-                    self.peak = max(self.peak, ch.get("messages_unacknowledged", 0))
-                    self.prefetch_counts.add(effective_prefetch(consumers[ch["name"]], ch))
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(5)
+    def poll(self) -> None:
+        consumers = {channel_of(c): c for c in consumers_on_task_queue(self.mgmt) if channel_of(c)}
+        for ch in self.mgmt.channels():
+            if ch["name"] in consumers:
+                self.samples += 1
+                self.peak = max(self.peak, ch.get("messages_unacknowledged", 0))
+                self.prefetch_counts.add(effective_prefetch(consumers[ch["name"]], ch))
 
 
 def run_workload(fresh_queue, mgmt, start_worker, recorder_for, **worker_options):

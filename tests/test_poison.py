@@ -10,11 +10,10 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
-from helpers import TIMEOUT, publish, queue_depth, wait_until
+from helpers import TIMEOUT, Poller, publish, queue_depth, wait_until
 
 from proj import config
 from proj.cli import dead
@@ -23,32 +22,24 @@ from proj.harness.workers import REPO_ROOT
 MAX_DELIVERIES = 3  # smaller than the default 5, to keep the test short
 
 
-class ChildKiller:
+class ChildKiller(Poller):
     """Kills the pool child running one task, every time that task starts (a task that crashes its worker)."""
+
+    interval = 0.02
 
     def __init__(self, recorder, workers, task_id):
         self.recorder, self.workers, self.task_id = recorder, workers, task_id
         self.kills = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
-    def _run(self):
-        while not self._stop.wait(0.02):
-            task = self.recorder.tasks.get(self.task_id)
-            if task is None or len(task.started) <= self.kills:
-                continue
-            host = task.started[self.kills][0]
-            for child in self.workers[host].children():
-                os.kill(child, signal.SIGKILL)
-            self.kills += 1
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(5)
+    def poll(self) -> None:
+        task = self.recorder.tasks.get(self.task_id)
+        if task is None or len(task.started) <= self.kills:
+            return
+        host = task.started[self.kills][0]
+        for child in self.workers[host].children():
+            os.kill(child, signal.SIGKILL)
+        self.kills += 1
 
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])

@@ -148,7 +148,7 @@ def test_a_pickled_task_message_is_never_unpickled_nor_run_by_a_worker(fresh_que
 
 
 def test_private_broker_listens_on_127_0_0_1_only(broker):
-    # Given the session's node, started by proj.broker
+    # Given the session's node, started by proj.rabbit.node
     pids = node_pids(broker)
 
     # When the kernel is asked what the Erlang VM and its epmd listen on

@@ -11,7 +11,8 @@ from kombu import Connection
 
 from proj import config
 from proj.celery import app
-from proj.harness.workers import READY_LINE, REPO_ROOT
+from proj.console import READY_LINE
+from proj.harness.workers import REPO_ROOT
 from proj.tasks import work
 
 

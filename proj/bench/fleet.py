@@ -21,6 +21,7 @@ from kombu import Connection
 from proj import config
 from proj.bench import pika_worker
 from proj.bench.tuned import SETTINGS_ENV
+from proj.harness.processes import children_of
 from proj.harness.workers import LoggedProcess, WorkerProcess
 
 #: The reference's queue: the tutorial's settings, kept apart from Celery's ``task_queue``.
@@ -38,13 +39,6 @@ def rss_kib(pids: list[int]) -> int:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
     return total
-
-
-def children_of(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 class QueueProbe:
@@ -167,6 +161,7 @@ class CeleryFleet:
         n: int,
         *,
         seconds_per_dot: float,
+        management_url: str | None = None,
         settings: dict | None = None,
         concurrency: int = 1,
         prefetch_multiplier: int | None = None,
@@ -175,6 +170,7 @@ class CeleryFleet:
     ):
         self.name, self.url, self.log_dir = name, url, Path(log_dir)
         self.options = dict(
+            management_url=management_url,
             concurrency=concurrency,
             prefetch_multiplier=prefetch_multiplier,
             seconds_per_dot=seconds_per_dot,
@@ -216,10 +212,16 @@ class CeleryFleet:
         return [w.hostname for w in self.workers[:n]]
 
     def _control(self, command: str, n: int | None, reply: bool) -> None:
+        from celery.app.control import Control
+
         from proj.celery import app
 
+        control = Control(app)
+        # Celery's control publishes through its app's producer pool, so to the app's own broker
+        # whatever connection it is given; without the pool it publishes on the connection given.
+        control.mailbox.producer_pool = None
         with Connection(self.url) as conn:
-            method = getattr(app.control, command)
+            method = getattr(control, command)
             hosts = self.hostnames(n)
             replies = method(
                 self.queue, destination=hosts, reply=reply, timeout=CONTROL_TIMEOUT, limit=len(hosts), connection=conn

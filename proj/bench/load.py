@@ -54,19 +54,22 @@ def publish_pika(url: str, queue: str, n: int, body: str = "bench") -> float:
         connection.close()
 
 
-def publish_celery(n: int, body: str = "bench", **options) -> float:
-    """Seconds for ``n`` calls of ``work.delay(body)`` (or ``apply_async`` with ``options``).
+def publish_celery(n: int, body: str = "bench", broker_url: str | None = None, **options) -> float:
+    """Seconds for ``n`` calls of ``work.delay(body)`` (or ``apply_async`` with ``options``) to ``broker_url``.
 
-    The app's own producer pool and connection, as in any Celery client; ``CELERY_BROKER_URL``
-    says where. One warm-up publish first, so connecting is not counted.
+    One producer on one connection with the app's settings (confirms included), as the app's
+    producer pool hands out to any Celery client. One warm-up publish first, so connecting is not counted.
     """
+    from proj.celery import app
     from proj.tasks import work
 
-    work.apply_async(args=[body], **options)
-    started = time.perf_counter()
-    for _ in range(n):
-        work.apply_async(args=[body], **options)
-    return time.perf_counter() - started
+    with app.connection_for_write(broker_url) as conn:
+        producer = app.amqp.Producer(conn)
+        work.apply_async(args=[body], producer=producer, **options)
+        started = time.perf_counter()
+        for _ in range(n):
+            work.apply_async(args=[body], producer=producer, **options)
+        return time.perf_counter() - started
 
 
 def steady(kind: str, url: str, queue: str, rate: float, seconds: float) -> list[tuple[str, float]]:
@@ -77,7 +80,8 @@ def steady(kind: str, url: str, queue: str, rate: float, seconds: float) -> list
         from proj.celery import app
         from proj.tasks import work
 
-        with app.producer_or_acquire() as producer:
+        with app.connection_for_write(url) as conn:
+            producer = app.amqp.Producer(conn)
 
             def publish(i: int) -> str:
                 return work.apply_async(args=["bench"], producer=producer, ignore_result=True).id
@@ -115,9 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    import os
-
-    os.environ["CELERY_BROKER_URL"] = args.url
     sent = steady(args.kind, args.url, args.queue, args.rate, args.seconds)
     with open(args.out, "w") as out:
         json.dump(sent, out)

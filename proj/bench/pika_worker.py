@@ -27,9 +27,8 @@ import urllib.parse
 
 import pika
 
-from proj.console import say
+from proj.console import READY_LINE, say
 
-READY_LINE = " [*] Waiting for messages. To exit press CTRL+C"
 PAUSE_SIGNAL = signal.SIGUSR2
 RESUME_SIGNAL = signal.SIGUSR1
 

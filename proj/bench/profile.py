@@ -128,15 +128,16 @@ def run(plan: Plan, out: Path, work_dir: Path | None = None) -> dict:
     bench = Bench(plan, work_dir)
     try:
         bench.start_broker()
-        logs, url = bench.dir / "workers", bench.node.url
+        logs, url, mgmt = bench.dir / "workers", bench.node.url, bench.node.management_url
         fleets = {
-            "celery": CeleryFleet("prof-celery", url, logs, 1, seconds_per_dot=SECONDS_PER_DOT),
+            "celery": CeleryFleet("prof-celery", url, logs, 1, seconds_per_dot=SECONDS_PER_DOT, management_url=mgmt),
             "celery, events off": CeleryFleet(
                 "prof-noevents",
                 url,
                 logs,
                 1,
                 seconds_per_dot=SECONDS_PER_DOT,
+                management_url=mgmt,
                 settings={"worker_send_task_events": False},
             ),
             "pika": PikaFleet("prof-pika", url, logs, 1, seconds_per_dot=SECONDS_PER_DOT),

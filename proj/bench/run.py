@@ -25,6 +25,8 @@ from pathlib import Path
 
 from proj.bench.fleet import PIKA_QUEUE, CeleryFleet, Loader, PikaFleet, QueueProbe, rss_kib
 from proj.harness.events import EventRecorder
+from proj.harness.processes import children_of
+from proj.harness.stats import percentile
 from proj.harness.workers import REPO_ROOT
 from proj.rabbit.management import Management
 from proj.rabbit.node import Node, private_node
@@ -95,13 +97,6 @@ def say(line: str) -> None:
     print(f" [*] {time.monotonic() - _BEGAN:4.0f} s  {line}", file=sys.stderr, flush=True)
 
 
-def percentile(values: list[float], p: float) -> float:
-    """The p-th percentile (nearest rank), p in 0..100."""
-    ordered = sorted(values)
-    rank = max(1, int(round(p / 100 * len(ordered) + 0.4999)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
 def versions(node: Node) -> dict:
     import celery
     import kombu
@@ -142,10 +137,6 @@ class Bench:
         self.node = private_node(self.dir / "rabbitmq")
         say(f"starting a private RabbitMQ on 127.0.0.1:{self.node.port} (data in {self.dir})")
         self.node.start()
-        # The app in this process (control commands, .delay()) and every worker talk to the private
-        # node; workers set task_queue's dead-letter policy through its management API.
-        os.environ["CELERY_BROKER_URL"] = self.node.url
-        os.environ["PROJ_MANAGEMENT_URL"] = self.node.management_url
         self.probe = QueueProbe(self.node.url)
 
     def start_fleets(self, fleets: list) -> None:
@@ -164,12 +155,22 @@ class Bench:
     def start(self) -> None:
         self.start_broker()
         logs, url, spd = self.dir / "workers", self.node.url, SECONDS_PER_DOT
-        self.celery = CeleryFleet("celery", url, logs, max(DRAIN_WORKERS), seconds_per_dot=spd)
+        # Every worker talks to the private node, and sets task_queue's dead-letter policy through its API.
+        mgmt = self.node.management_url
+        self.celery = CeleryFleet("celery", url, logs, max(DRAIN_WORKERS), seconds_per_dot=spd, management_url=mgmt)
         self.pika = PikaFleet("pika", url, logs, max(DRAIN_WORKERS), seconds_per_dot=spd)
         self.no_events = CeleryFleet(
-            "noevents", url, logs, W, seconds_per_dot=spd, settings={"worker_send_task_events": False}
+            "noevents",
+            url,
+            logs,
+            W,
+            seconds_per_dot=spd,
+            management_url=mgmt,
+            settings={"worker_send_task_events": False},
         )
-        self.unlimited = CeleryFleet("unlimited", url, logs, W, seconds_per_dot=spd, prefetch_multiplier=0)
+        self.unlimited = CeleryFleet(
+            "unlimited", url, logs, W, seconds_per_dot=spd, management_url=mgmt, prefetch_multiplier=0
+        )
         say("starting workers: 4 celery, 4 pika, 2 celery without events, 2 celery with unlimited prefetch")
         self.start_fleets([self.celery, self.pika, self.no_events, self.unlimited])
 
@@ -302,7 +303,7 @@ class Bench:
         from proj.bench.load import publish_celery, publish_pika
         from proj.celery import app
 
-        n = self.plan.publish_messages
+        n, url = self.plan.publish_messages, self.node.url
         say(
             f"publish: {n} confirmed messages one at a time, .delay() vs pika basic_publish, {self.plan.reps} runs each"
         )
@@ -311,15 +312,15 @@ class Bench:
             sent_event = app.conf.task_send_sent_event
             app.conf.task_send_sent_event = False
             try:
-                return n / publish_celery(n, ignore_result=True)
+                return n / publish_celery(n, broker_url=url, ignore_result=True)
             finally:
                 app.conf.task_send_sent_event = sent_event
 
         runs = self.alternate(
             {
-                "celery": lambda: n / publish_celery(n),
+                "celery": lambda: n / publish_celery(n, broker_url=url),
                 "pika": lambda: n / publish_pika(self.node.url, PIKA_QUEUE, n),
-                "celery_ignore_result": lambda: n / publish_celery(n, ignore_result=True),
+                "celery_ignore_result": lambda: n / publish_celery(n, broker_url=url, ignore_result=True),
                 "celery_no_sent_event": without_sent_event,
             },
             self.plan.reps,
@@ -595,8 +596,6 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from proj.bench.fleet import children_of
-
         while not self._stop.wait(0.1):
             for name, worker in self.workers.items():
                 w = worker()

@@ -98,6 +98,7 @@ def run(plan: Plan, names: list[str] | None = None, work_dir=None) -> dict:
                 logs,
                 workers,
                 seconds_per_dot=SECONDS_PER_DOT,
+                management_url=bench.node.management_url,
                 settings=v.settings,
                 concurrency=v.concurrency,
                 extra_args=v.extra_args,

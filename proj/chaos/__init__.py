@@ -6,8 +6,16 @@ the queue must end empty, and every task that ran twice must have been hit by a 
 
 Rooms:
 
-- ``schedule.py``  the seeded fault schedule and task messages (pure: same seed, same schedule)
-- ``checker.py``   the verdict, from the published set, the ledger rows and the faults (pure)
-- ``run.py``       the run: private broker, workers, publisher, fault injector, drain
-- ``cli.py``       the ``proj chaos`` command
+- ``schedule.py``      the seeded fault schedule and task messages (pure: same seed, same schedule)
+- ``state.py``         the settings and the one state every part of a run shares
+- ``broker.py``        the run's broker: a private node or cluster, or a given one; what task_queue holds
+- ``worker_slots.py``  the run's workers: started, stopped, started again, every process ended
+- ``publisher.py``     the numbered tasks, confirmed, paced through the faults
+- ``monitor.py``       the ledger tailed, every worker process id noted
+- ``faults.py``        the fault injector
+- ``checker.py``       the verdict: counting, then explaining each duplicate (pure)
+- ``report.py``        the report: the verdict and what the run did, as report.json holds it
+- ``run.py``           the run: the parts in order, the drain, the teardown
+
+The command is ``proj/cli/chaos.py``.
 """

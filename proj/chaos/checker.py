@@ -1,6 +1,7 @@
 """The verdict of a chaos run, from what was published, what the ledger says ran, and the faults.
 
-Pure: no broker, no processes. The counts are those of RabbitMQ's Jepsen checks:
+Pure: no broker, no processes. :func:`count` counts, :func:`explain` explains each duplicate, and
+:func:`check` puts both into a :class:`Verdict`. The counts are those of RabbitMQ's Jepsen checks:
 
 - **lost**: a task the broker confirmed that has no 'done' row. Must be 0.
 - **unexpected**: a ledger row whose task id was never published. Must be 0.
@@ -15,9 +16,10 @@ Pure: no broker, no processes. The counts are those of RabbitMQ's Jepsen checks:
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
+
+from proj.harness.stats import percentile
 
 #: A task that finished this long before a fault may still have had its ack in flight.
 ACK_GRACE = 1.0
@@ -88,13 +90,141 @@ def hit(fault: Fault, ex: Execution) -> bool:
     return ex.done is None or ex.done >= fault.begin - ACK_GRACE
 
 
-def percentile(values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
+@dataclasses.dataclass
+class Counts:
+    """What ran, against what was published: every id list complete and sorted."""
+
+    published: int
+    completed: int
+    lost_ids: list[str]
+    unexpected_ids: list[str]
+    #: Rows of tasks sent but never confirmed (a run cut short): neither published nor unexpected.
+    indeterminate_ids: list[str]
+    #: Tasks that ran with another message than the one published.
+    mismatched_ids: list[str]
+    executions: int
+    interrupted_executions: int
+
+
+def count(
+    published: Mapping[str, str],
+    runs: Mapping[str, list[Execution]],
+    done_count: Mapping[str, int],
+    unconfirmed: set[str],
+) -> Counts:
+    """Lost, unexpected, indeterminate and mismatched tasks, and the executions."""
+    return Counts(
+        published=len(published),
+        completed=sum(1 for t in published if done_count[t] > 0),
+        lost_ids=sorted(t for t in published if done_count[t] == 0),
+        unexpected_ids=sorted(t for t in runs if t not in published and t not in unconfirmed),
+        indeterminate_ids=sorted(t for t in runs if t not in published and t in unconfirmed),
+        mismatched_ids=sorted(
+            t for t, rs in runs.items() if t in published and any(e.message != published[t] for e in rs)
+        ),
+        executions=sum(len(r) for r in runs.values()),
+        interrupted_executions=sum(1 for r in runs.values() for e in r if e.done is None),
+    )
+
+
+@dataclasses.dataclass
+class Explanation:
+    """Which duplicates a fault (or a republish) explains, and how long redelivery took after each fault."""
+
+    explained: list[str] = dataclasses.field(default_factory=list)
+    unexplained: list[dict] = dataclasses.field(default_factory=list)
+    #: Explained duplicates by the kind of their cause(s).
+    causes: Counter = dataclasses.field(default_factory=Counter)
+    #: Task executions a fault cut off and that ran again after it, by fault kind.
+    hits: Counter = dataclasses.field(default_factory=Counter)
+    #: Fault begin -> the task started again, by fault kind.
+    latencies: dict[str, list[float]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+
+    def all_latencies(self) -> list[float]:
+        return [x for kind in self.latencies.values() for x in kind]
+
+
+def redeliveries(task_runs: list[Execution], faults: list[Fault]) -> list[tuple[str, float]]:
+    """(fault kind, latency) of each fault that cut off one of the task's runs and made it run again."""
+    found = []
+    for fault in faults:
+        for i, ex in enumerate(task_runs):
+            if not hit(fault, ex):
+                continue
+            again = next((e for e in task_runs[i + 1 :] if e.start >= fault.begin), None)
+            if again is None:
+                continue  # the fault did not make it run again (a warm shutdown finished it)
+            found.append((fault.kind, max(0.0, again.start - fault.begin)))
+            break  # one cause per fault and task
+    return found
+
+
+def explain(
+    runs: Mapping[str, list[Execution]],
+    done_count: Mapping[str, int],
+    faults: list[Fault],
+    republished: set[str],
+) -> Explanation:
+    """Each extra 'done' of a task needs one cause: a fault that cut off one of its runs, or a republish."""
+    result = Explanation()
+    for task_id, task_runs in runs.items():
+        found = redeliveries(task_runs, faults)
+        kinds = [kind for kind, _ in found]
+        for kind, latency in found:
+            result.hits[kind] += 1
+            result.latencies[kind].append(latency)
+        if task_id in republished:
+            kinds.append("republished")
+        extra = done_count[task_id] - 1
+        if extra <= 0:
+            continue
+        if len(kinds) >= extra:
+            result.explained.append(task_id)
+            result.causes.update(set(kinds))
+        else:
+            result.unexplained.append(
+                {
+                    "task_id": task_id,
+                    "done": done_count[task_id],
+                    "causes": len(kinds),
+                    "runs": [dataclasses.asdict(e) for e in task_runs],
+                }
+            )
+    return result
+
+
+@dataclasses.dataclass
+class Verdict:
+    """The checker's answer; its fields, in order, are the keys of its JSON form."""
+
+    ok: bool
+    published: int
+    completed: int
+    lost: int
+    lost_ids: list[str]
+    duplicated: int
+    duplicated_explained: int
+    duplicated_unexplained: int
+    duplicated_by_cause: dict[str, int]
+    unexplained: list[dict]
+    unexpected: int
+    unexpected_ids: list[str]
+    indeterminate: int
+    mismatched: int
+    mismatched_ids: list[str]
+    republished: int
+    executions: int
+    interrupted_executions: int
+    faults: dict[str, int]
+    faults_total: int
+    redeliveries_after_faults: dict[str, int]
+    redelivery_latency: dict
+    redelivery_latency_by_fault: dict[str, dict]
+    queue: dict | None
+    leftover: bool
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def check(
@@ -104,7 +234,7 @@ def check(
     republished: Iterable[str] = (),
     unconfirmed: Iterable[str] = (),
     queue: Mapping | None = None,
-) -> dict:
+) -> Verdict:
     """Count lost, duplicated (explained or not) and unexpected tasks; measure redelivery latency.
 
     ``published``: task id -> message, every publish the broker confirmed. ``rows``: the ledger.
@@ -114,89 +244,42 @@ def check(
     """
     faults = sorted(faults, key=lambda f: f.begin)
     republished = set(republished)
-    unconfirmed = set(unconfirmed)
     rows = list(rows)
     runs = executions(rows)
     done_count = Counter(r["task_id"] for r in rows if r["event"] == "done")
-
-    lost = sorted(t for t in published if done_count[t] == 0)
-    unexpected = sorted(t for t in runs if t not in published and t not in unconfirmed)
-    indeterminate = sorted(t for t in runs if t not in published and t in unconfirmed)
-    mismatched = sorted(t for t, rs in runs.items() if t in published and any(e.message != published[t] for e in rs))
-
-    explained: list[str] = []
-    unexplained: list[dict] = []
-    latencies: list[float] = []
-    latencies_by_kind: dict[str, list[float]] = defaultdict(list)
-    hits_by_kind: Counter = Counter()
-    duplicate_causes: Counter = Counter()
-    for task_id, task_runs in runs.items():
-        causes = 0
-        kinds = []
-        for fault in faults:
-            for i, ex in enumerate(task_runs):
-                if not hit(fault, ex):
-                    continue
-                again = next((e for e in task_runs[i + 1 :] if e.start >= fault.begin), None)
-                if again is None:
-                    continue  # the fault did not make it run again (a warm shutdown finished it)
-                causes += 1
-                kinds.append(fault.kind)
-                hits_by_kind[fault.kind] += 1
-                latency = max(0.0, again.start - fault.begin)
-                latencies.append(latency)
-                latencies_by_kind[fault.kind].append(latency)
-                break  # one cause per fault and task
-        if task_id in republished:
-            causes += 1
-            kinds.append("republished")
-        extra = done_count[task_id] - 1
-        if extra <= 0:
-            continue
-        if causes >= extra:
-            explained.append(task_id)
-            duplicate_causes.update(set(kinds))
-        else:
-            unexplained.append(
-                {
-                    "task_id": task_id,
-                    "done": done_count[task_id],
-                    "causes": causes,
-                    "runs": [dataclasses.asdict(e) for e in task_runs],
-                }
-            )
+    counts = count(published, runs, done_count, set(unconfirmed))
+    why = explain(runs, done_count, faults, republished)
 
     queue = dict(queue) if queue is not None else None
     leftover = queue is not None and bool(queue.get("ready") or queue.get("unacked"))
-    duplicated = len(explained) + len(unexplained)
-    ok = not lost and not unexpected and not unexplained and not mismatched and not leftover
-    return {
-        "ok": ok,
-        "published": len(published),
-        "completed": sum(1 for t in published if done_count[t] > 0),
-        "lost": len(lost),
-        "lost_ids": lost[:MAX_IDS],
-        "duplicated": duplicated,
-        "duplicated_explained": len(explained),
-        "duplicated_unexplained": len(unexplained),
-        "duplicated_by_cause": dict(duplicate_causes),
-        "unexplained": unexplained[:MAX_IDS],
-        "unexpected": len(unexpected),
-        "unexpected_ids": unexpected[:MAX_IDS],
-        "indeterminate": len(indeterminate),
-        "mismatched": len(mismatched),
-        "mismatched_ids": mismatched[:MAX_IDS],
-        "republished": len(republished),
-        "executions": sum(len(r) for r in runs.values()),
-        "interrupted_executions": sum(1 for r in runs.values() for e in r if e.done is None),
-        "faults": dict(Counter(f.kind for f in faults)),
-        "faults_total": len(faults),
-        "redeliveries_after_faults": dict(hits_by_kind),
-        "redelivery_latency": _latency(latencies),
-        "redelivery_latency_by_fault": {k: _latency(v) for k, v in sorted(latencies_by_kind.items())},
-        "queue": queue,
-        "leftover": leftover,
-    }
+    ok = not (counts.lost_ids or counts.unexpected_ids or why.unexplained or counts.mismatched_ids or leftover)
+    return Verdict(
+        ok=ok,
+        published=counts.published,
+        completed=counts.completed,
+        lost=len(counts.lost_ids),
+        lost_ids=counts.lost_ids[:MAX_IDS],
+        duplicated=len(why.explained) + len(why.unexplained),
+        duplicated_explained=len(why.explained),
+        duplicated_unexplained=len(why.unexplained),
+        duplicated_by_cause=dict(why.causes),
+        unexplained=why.unexplained[:MAX_IDS],
+        unexpected=len(counts.unexpected_ids),
+        unexpected_ids=counts.unexpected_ids[:MAX_IDS],
+        indeterminate=len(counts.indeterminate_ids),
+        mismatched=len(counts.mismatched_ids),
+        mismatched_ids=counts.mismatched_ids[:MAX_IDS],
+        republished=len(republished),
+        executions=counts.executions,
+        interrupted_executions=counts.interrupted_executions,
+        faults=dict(Counter(f.kind for f in faults)),
+        faults_total=len(faults),
+        redeliveries_after_faults=dict(why.hits),
+        redelivery_latency=_latency(why.all_latencies()),
+        redelivery_latency_by_fault={k: _latency(v) for k, v in sorted(why.latencies.items())},
+        queue=queue,
+        leftover=leftover,
+    )
 
 
 def _latency(values: list[float]) -> dict:

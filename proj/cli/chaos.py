@@ -87,7 +87,7 @@ def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, cluste
     # SIGTERM (timeout, docker stop, a CI runner) ends the run like Ctrl+C: everything started is stopped.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        report = run.run()
+        report = run.run().to_dict()  # the JSON form, as report.json holds it
     except ChaosError as exc:
         where = f" (run dir {run.run_dir})" if run.run_dir else ""
         click.echo(f"proj chaos: {exc}{where}", err=True)

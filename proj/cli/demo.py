@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from proj.console import say
+from proj.console import READY_LINE, say
 from proj.harness.events import EventRecorder
 from proj.harness.workers import WorkerProcess
 from proj.rabbit.node import BrokerError, private_node
@@ -42,7 +42,7 @@ def run(seconds_per_dot: float = 0.2, workers: int = 2) -> int:
             )
         for w in started:
             w.wait_ready(TIMEOUT)
-            say(f" [*] {w.hostname}: Waiting for messages. To exit press CTRL+C")
+            say(READY_LINE.replace(" [*] ", f" [*] {w.hostname}: ", 1))
         recorder = EventRecorder(node.url).start()
 
         from proj.new_task import publish

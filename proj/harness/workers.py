@@ -21,7 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-READY_LINE = " [*] Waiting for messages. To exit press CTRL+C"
+from proj.console import READY_LINE
+from proj.harness.processes import children_of, signal_group
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -90,8 +92,7 @@ class LoggedProcess:
         """SIGKILL the process and every process in its group (children, orphans included)."""
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        signal_group(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
 
@@ -105,6 +106,7 @@ class WorkerProcess(LoggedProcess):
         broker_url: str,
         log_dir: Path,
         *,
+        management_url: str | None = None,
         concurrency: int | None = 1,
         prefetch_multiplier: int | None = None,
         seconds_per_dot: float | None = None,
@@ -138,6 +140,9 @@ class WorkerProcess(LoggedProcess):
             # Not --prefetch-multiplier: Celery's CLI reads 0 (unlimited) as "not given".
             full_env["PROJ_PREFETCH_MULTIPLIER"] = str(prefetch_multiplier)
         full_env["CELERY_BROKER_URL"] = broker_url
+        if management_url is not None:
+            # Where the worker sets task_queue's dead-letter policy (a private node's API is on a port of its own).
+            full_env["PROJ_MANAGEMENT_URL"] = management_url
         if seconds_per_dot is not None:
             full_env["PROJ_SECONDS_PER_DOT"] = str(seconds_per_dot)
         full_env["PYTHONUNBUFFERED"] = "1"
@@ -149,11 +154,7 @@ class WorkerProcess(LoggedProcess):
 
     def children(self) -> list[int]:
         """PIDs of the pool processes (the main process's children)."""
-        try:
-            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
-        except OSError:
-            return []
-        return [int(p) for p in text.split()]
+        return children_of(self.pid)
 
     def warm_shutdown(self, timeout: float = 30) -> int:
         """One Ctrl+C: finish the running task, ack it, exit."""

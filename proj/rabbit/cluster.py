@@ -1,6 +1,6 @@
 """A RabbitMQ cluster on one machine: N private nodes on 127.0.0.1, one epmd, one Erlang cookie, one data dir.
 
-Each node is a ``proj.broker.Node`` with ports of its own (node i: AMQP ``port + i - 1``, management
+Each node is a ``proj.rabbit.node.Node`` with ports of its own (node i: AMQP ``port + i - 1``, management
 ``management_port + i - 1``, name ``proj-PORT@localhost``). The nodes share the cluster's data dir
 as $HOME, so they share its Erlang cookie, and they register with one epmd, so they find each other.
 
@@ -31,7 +31,6 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -41,16 +40,16 @@ import threading
 import time
 from pathlib import Path
 
+from proj.harness.processes import pid_alive, signal_pid, wait_gone
 from proj.rabbit.node import (
     START_TIMEOUT,
     STATE_FILE,
     STOP_TIMEOUT,
     BrokerError,
     Node,
-    _wait_gone,
     free_port,
-    pid_alive,
     port_is_free,
+    read_state,
     spawn_epmd,
 )
 
@@ -187,10 +186,7 @@ class Cluster:
         return self.data_dir / CLUSTER_STATE_FILE
 
     def _read_state(self) -> dict:
-        try:
-            return json.loads(self.state_path.read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_state(self.state_path)
 
     def _write_state(self, **extra) -> None:
         state = {
@@ -211,11 +207,7 @@ class Cluster:
     @classmethod
     def from_data_dir(cls, data_dir: Path | str, **overrides) -> Cluster:
         """The cluster last started in ``data_dir``, with ``overrides`` (those not None) applied."""
-        path = Path(data_dir).absolute() / CLUSTER_STATE_FILE
-        try:
-            saved = json.loads(path.read_text()).get("cluster", {})
-        except (OSError, ValueError):
-            saved = {}
+        saved = read_state(Path(data_dir).absolute() / CLUSTER_STATE_FILE).get("cluster", {})
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in saved.items() if k in fields}
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
@@ -370,9 +362,8 @@ class Cluster:
         state = self._read_state()
         epmd_pid = state.get("epmd_pid")
         if pid_alive(epmd_pid) and _is_epmd(epmd_pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(epmd_pid, signal.SIGTERM)
-            _wait_gone(epmd_pid, 5, group=False)
+            signal_pid(epmd_pid, signal.SIGTERM)
+            wait_gone(epmd_pid, 5)
         if state:
             self._write_state(epmd_pid=None)
         return was_running or any(results)

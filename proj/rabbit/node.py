@@ -28,6 +28,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from proj.harness.processes import group_alive, in_group, pid_alive, signal_group, signal_pid, spawn, wait_gone
+
 #: Where Debian's package puts the scripts that the /usr/sbin wrappers call.
 RABBITMQ_BIN_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/local/lib/rabbitmq/bin")
 STATE_FILE = "proj-broker.json"
@@ -73,20 +75,12 @@ def port_accepts(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
+def read_state(path: Path) -> dict:
+    """A saved state file (JSON), or {} if there is none or it is unreadable: then nothing is known to run."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours is dead for our purposes.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
-            return False
-    return True
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def find_rabbitmq_bin() -> Path:
@@ -131,7 +125,7 @@ class Node:
     stats_interval_ms: int = 500
     #: $HOME, where Erlang keeps the cookie (``.erlang.cookie``): the data dir, unless nodes share one.
     home: Path | None = None
-    #: False when another process (``proj.cluster.Cluster``) runs the epmd at ``epmd_port`` for several nodes.
+    #: False when another process (``proj.rabbit.cluster.Cluster``) runs the epmd at ``epmd_port`` for several nodes.
     own_epmd: bool = True
     #: Lines added to rabbitmq.conf (a cluster's peer discovery, for example).
     extra_config: tuple[str, ...] = ()
@@ -166,19 +160,12 @@ class Node:
         return self.data_dir / STATE_FILE
 
     def _read_state(self) -> dict:
-        try:
-            return json.loads(self.state_path.read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_state(self.state_path)
 
     @classmethod
     def from_data_dir(cls, data_dir: Path | str, **overrides) -> Node:
         """The node last started in ``data_dir`` (its ports and name), with ``overrides`` applied."""
-        path = Path(data_dir).absolute() / STATE_FILE
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError):
-            state = {}
+        state = read_state(Path(data_dir).absolute() / STATE_FILE)
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in state.get("node", {}).items() if k in fields}
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
@@ -294,7 +281,7 @@ class Node:
         epmd_pid = None
         if self.own_epmd:
             epmd_pid = spawn_epmd(self.epmd_port, env, self.data_dir, self.data_dir / "log" / "epmd.log").pid
-        server = _spawn([str(bin_dir / "rabbitmq-server")], env, self.data_dir, self.data_dir / "log" / "server.out")
+        server = spawn([str(bin_dir / "rabbitmq-server")], env, self.data_dir, self.data_dir / "log" / "server.out")
         self._write_state(pid=server.pid, pgid=server.pid, epmd_pid=epmd_pid, started_at=time.time())
         try:
             self.wait_ready(timeout, process=server)
@@ -334,21 +321,17 @@ class Node:
         beam = _read_int(self.data_dir / "rabbitmq.pid")
         # SIGTERM to the Erlang VM is a clean shutdown (queues and messages flushed to disk).
         for pid in (beam, state.get("pid")):
-            if pid_alive(pid) and _in_group(pid, pgid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+            if in_group(pid, pgid):
+                signal_pid(pid, signal.SIGTERM)
         # The node needs epmd only to be found by CLI tools and peers, not to shut down: ending it
         # now means a caller killed mid-stop (honcho's 5 s grace) leaves nothing behind, since the
         # VM finishes its shutdown on its own.
         if pid_alive(epmd_pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(epmd_pid, signal.SIGTERM)
-        _wait_gone(pgid, timeout)
-        if pgid and _group_alive(pgid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-            _wait_gone(pgid, 5)
-        _wait_gone(epmd_pid, 5, group=False)
+            signal_pid(epmd_pid, signal.SIGTERM)
+        if not wait_gone(pgid, timeout, group=True):
+            signal_group(pgid, signal.SIGKILL)
+            wait_gone(pgid, 5, group=True)
+        wait_gone(epmd_pid, 5)
         if state:
             self._write_state()  # forget the pids, keep the ports and name for the next start
         return was_running
@@ -362,9 +345,9 @@ class Node:
         """SIGKILL the node: a crash, not a shutdown (for fault tests)."""
         state = self._read_state()
         pgid = state.get("pgid")
-        if pgid and _group_alive(pgid):
-            os.killpg(pgid, signal.SIGKILL)
-            _wait_gone(pgid, 10)
+        if group_alive(pgid):
+            signal_group(pgid, signal.SIGKILL)
+            wait_gone(pgid, 10, group=True)
 
     def status(self) -> dict:
         state = self._read_state()
@@ -424,32 +407,7 @@ class Node:
 def spawn_epmd(port: int, env: dict, cwd: Path, log: Path) -> subprocess.Popen:
     """Erlang's port mapper on 127.0.0.1:``port``, where nodes register and peers and CLI tools find them."""
     epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
-    return _spawn([epmd, "-port", str(port), "-address", "127.0.0.1"], env, cwd, log)
-
-
-#: The processes this Python process started, so their exit is reaped (no zombies) and seen.
-_CHILDREN: dict[int, subprocess.Popen] = {}
-
-
-def _spawn(argv: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    _CHILDREN[proc.pid] = proc
-    return proc
-
-
-def _reap() -> None:
-    for pid, proc in list(_CHILDREN.items()):
-        if proc.poll() is not None:
-            del _CHILDREN[pid]
+    return spawn([epmd, "-port", str(port), "-address", "127.0.0.1"], env, cwd, log)
 
 
 def _read_int(path: Path) -> int | None:
@@ -457,41 +415,3 @@ def _read_int(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _in_group(pid: int, pgid: int | None) -> bool:
-    """Only signal processes we started (guards against a stale pid file reused by another process)."""
-    if not pgid:
-        return False
-    try:
-        return os.getpgid(pid) == pgid
-    except ProcessLookupError:
-        return False
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Zombies still count for killpg; look for a live member.
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = stat.read_text().rsplit(") ", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
-
-
-def _wait_gone(pid: int | None, timeout: float, group: bool = True) -> None:
-    if not pid:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not (_group_alive(pid) if group else pid_alive(pid)):
-            return
-        _reap()
-        time.sleep(0.1)
-    _reap()
