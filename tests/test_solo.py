@@ -3,6 +3,8 @@ every ack reaches the broker as the task returns, so prefetch 1 hands out the ne
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 from helpers import TIMEOUT, publish, queue_depth, wait_until
@@ -34,3 +36,25 @@ def test_solo_worker_acks_each_task_as_it_returns_and_drains_the_queue(fresh_que
     assert worker.log().count(" [x] Done") == N, worker.log()
     assert "(redelivered)" not in worker.log()
     print(f"{N} no-op tasks on a solo worker: {elapsed:.2f} s")
+
+
+def test_message_of_a_killed_solo_worker_is_redelivered_to_the_other(fresh_queue, mgmt, start_worker, recorder):
+    # Given two solo workers, and a 3 s task running on one of them (in its main process)
+    workers = [start_worker(name, fresh_queue.url, extra_args=("-P", "solo")) for name in ("s1", "s2")]
+    (task_id,) = publish(fresh_queue.url, ["Long task" + "." * 30])
+    # The worker's own " [x] Received" line, not its task-started event: a solo worker's events wait in its
+    # event loop, which the running task blocks, so they arrive when the task has finished.
+    runner = wait_until(
+        lambda: next((w for w in workers if "Received 'Long task" in w.log()), None), TIMEOUT, "started"
+    )
+    (other,) = [w for w in workers if w is not runner]
+
+    # When that worker is SIGKILLed mid-task (acks late: no ack was sent)
+    os.kill(runner.pid, signal.SIGKILL)
+
+    # Then the other solo worker gets it, flagged redelivered, and completes it; nothing is left in the queue
+    recorder.wait_for(lambda r: r.tasks[task_id].succeeded, TIMEOUT, "redelivered task succeeded")
+    task = recorder.tasks[task_id]
+    assert [host for host, _ in task.succeeded] == [other.hostname]
+    assert [host for host, _ in task.redelivered] == [other.hostname]
+    wait_until(lambda: mgmt.counts(config.QUEUE_NAME) == (0, 0), TIMEOUT, "task_queue empty and nothing unacked")
