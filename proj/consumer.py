@@ -14,6 +14,7 @@ body too) and redelivers a task that kills its worker forever. This subclass, in
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 
 from celery.utils.log import get_logger
@@ -136,6 +137,40 @@ class Consumer(CeleryConsumer):
             return on_celery_message(message)
 
         return on_task_received
+
+    def _on_loop_thread(self) -> bool:
+        """True when called by the event loop's own thread (kombu 5.7's Hub records it as it starts)."""
+        return self.hub is not None and getattr(self.hub, "_loop_thread", None) == threading.get_ident()
+
+    def call_soon_ack(self, p, *args, **kwargs):
+        """Send an ack (or reject) at once when the event loop's own thread asks for it.
+
+        Celery hands it to ``hub.call_soon``. With ``-P solo`` the task runs, and its ack is queued, inside
+        the loop's read callback, itself often a ready callback (kombu re-queues the reader after every
+        read); kombu's loop then polls up to the next timer (1-2 s) before it looks at its ready list
+        again, and with prefetch 1 the broker sends nothing until that ack arrives: 1-2 tasks/s. Celery
+        already sends it at once when there is no hub; on the loop's thread that is as safe. Another
+        thread (``-P threads``) still goes through ``call_soon``, which wakes the loop.
+        """
+        if not self._on_loop_thread():
+            return super().call_soon_ack(p, *args, **kwargs)
+        try:
+            p(*args, **kwargs)
+        except Exception as exc:  # as Celery's own immediate path: logged, the loop goes on
+            logger.exception("ack failed: %r", exc)
+        return p
+
+    def on_send_event_buffered(self):
+        """Flush buffered task events on the loop's next turn, not after its next poll times out.
+
+        The same wait as the ack's: a flush queued on the loop's own thread would sit in the ready list
+        while the loop polls for up to 2 s, so Flower would see a solo worker's last task late.
+        Waking the loop keeps the buffering (every event of one turn goes in one flush).
+        """
+        super().on_send_event_buffered()
+        waker = getattr(self.hub, "_waker", None)
+        if waker is not None and self._on_loop_thread():
+            waker.wake()
 
     def connection_for_write(self, url=None, heartbeat=None):
         """The event dispatcher's connection (this method's only caller in Celery 5.7), without confirms.

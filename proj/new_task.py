@@ -7,6 +7,12 @@ Usage::
 
 The message is the arguments joined by spaces, or ``Hello World!``. The publish is persistent and
 confirmed by the broker before ` [x] Sent` is printed.
+
+Many messages at once, one per line of a file (``-``: standard input), published pipelined and
+all confirmed before the ` [x] Sent` lines (proj/bulk.py)::
+
+    new-task --file messages.txt
+    seq 1000 | new-task --file -
 """
 
 from __future__ import annotations
@@ -84,8 +90,71 @@ def publish(message: str, broker_url: str | None = None):
         return work.apply_async(args=[message], connection=conn, ignore_result=True)
 
 
+#: proj.cli.exits.CANNOT_RUN (not imported: the app imports none of the tooling).
+EXIT_CANNOT_RUN = 2
+
+
+def read_lines(path: str) -> list[str]:
+    """The messages of a file, one per line (``-``: standard input); a final newline ends the last one."""
+    if path == "-":
+        text = sys.stdin.buffer.read().decode("utf-8")
+    else:
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def send_file(args: list[str]) -> int:
+    """``new-task --file FILE``: every line of FILE a task, all confirmed, else each failure on its own line."""
+    from proj.bulk import BulkPublishError
+    from proj.celery import app
+    from proj.console import say
+    from proj.rabbit.management import hide_password
+    from proj.tasks import PublishError, send_many
+
+    def fail(line: str) -> int:
+        print(f"new-task: {line}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+
+    path = args[0].partition("=")[2] if args[0].startswith("--file=") else (args[1] if len(args) > 1 else "")
+    if not path or len(args) > (1 if args[0].startswith("--file=") else 2):
+        return fail("usage: new-task --file FILE (one message per line; - for standard input)")
+    try:
+        messages = read_lines(path)
+    except OSError as exc:
+        return fail(f"cannot read {path}: {exc.strerror or exc}")
+    except UnicodeDecodeError as exc:
+        return fail(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8")
+    if not messages:
+        return fail(f"{path} holds no message: write one message per line")
+    broker = hide_password(app.conf.broker_url)
+    problem = broker_url_problem(app.conf.broker_url)
+    if problem:
+        return fail(f"CELERY_BROKER_URL={broker!r} is malformed: {problem}")
+    try:
+        send_many(messages)
+    except (TypeError, ValueError) as exc:  # refused at the producer, nothing published
+        return fail(f"nothing sent: {exc}")
+    except BulkPublishError as exc:
+        queued = set(exc.confirmed)
+        for task_id, message in zip(exc.ids, messages, strict=True):
+            if task_id in queued:
+                say(f" [x] Sent {message!r}")
+        for failure in exc.failures:
+            print(f"new-task: not queued: {failure}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except PublishError as exc:
+        return fail(f"nothing sent to {broker}: {describe_broker_error(exc)}")
+    for message in messages:
+        say(f" [x] Sent {message!r}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args and (args[0] == "--file" or args[0].startswith("--file=")):
+        return send_file(args)
     message = " ".join(args) or "Hello World!"
 
     from proj.celery import app

@@ -6,7 +6,7 @@ import time
 
 from celery import Task, shared_task
 
-from proj import config, deadletter, ledger, queues
+from proj import config, deadletter, ledger, queues, sentevents
 from proj.console import say
 
 #: The task's name in every message: what producers put in the ``task`` header and workers look up.
@@ -34,6 +34,8 @@ class MessageTask(Task):
         # worker's: the limit that must hold is the worker's (checked against its broker's consumer_timeout).
         options.setdefault("time_limit", None)
         options.setdefault("soft_time_limit", None)
+        # The task-sent event (Flower's "sent") waits for no confirm of its own: proj/sentevents.py.
+        options.setdefault("event_dispatcher", sentevents.dispatcher(self.app))
         queue = options.get("queue") or config.QUEUE_NAME
         queue = getattr(queue, "name", queue)
         from amqp.exceptions import MessageNacked, PreconditionFailed
@@ -110,3 +112,10 @@ def work(self, message: str) -> int:
     ledger.record(self.request.id, message, "done", redelivered)
     say(" [x] Done")
     return dots
+
+
+def send_many(messages, broker_url: str | None = None) -> list[str]:
+    """Many tasks at once, confirmed as a batch: see proj/bulk.py."""
+    from proj.bulk import send_many
+
+    return send_many(messages, broker_url)

@@ -155,9 +155,23 @@ def test_every_section_has_positive_figures_whose_ratios_are_their_quotients(qui
     for key in ("celery_idle_kib", "celery_busy_kib", "pika_idle_kib", "pika_busy_kib"):
         assert mem[key] > 0, key
 
+    # Bulk publish: send_many against pika's one-at-a-time confirmed publishes, alternated
+    bulk = figures["bulk"]
+    assert bulk["bulk"] > 0 and bulk["pika"] > 0 and len(bulk["runs"]["bulk"]) == reps
+    assert close(bulk["ratio"], bulk["bulk"] / bulk["pika"])
+
+    # The solo option: one process per worker, its drain against pika's and its 10 ms tasks against the ceiling
+    solo = figures["solo"]
+    assert solo["drain"] > 0 and solo["drain_pika"] > 0 and solo["short"] > 0
+    assert close(solo["drain_ratio"], solo["drain"] / solo["drain_pika"])
+    assert close(solo["short_ratio"], solo["short"] / short["ceiling"])
+    assert solo["idle_kib"] > 0 and solo["busy_kib"] > 0
+
     # And each target is judged on the figure it names
     judged = {t["name"]: t for t in figures["targets"]}
-    assert len(judged) == 5
+    assert len(judged) == 7
+    assert judged["bulk publish vs pika one at a time"]["value"] == bulk["ratio"]
+    assert close(judged["worker RSS vs pika (busy)"]["value"], mem["celery_busy_kib"] / mem["pika_busy_kib"])
     assert judged["drain throughput vs pika at W = 2"]["value"] == w2["ratio"]
     assert judged["redelivery p99 (s)"]["value"] == red["p99"]
     for t in judged.values():
@@ -215,8 +229,10 @@ def test_the_bench_leaves_no_worker_or_broker_running(quick_run):
     [
         (("bench", "--scale", "0"), "--scale"),
         (("bench", "--variants", "--profile", "somewhere"), "pick one"),
+        (("bench", "--variants", "--cluster", "3"), "pick one"),
+        (("bench", "--cluster", "2"), "--cluster"),
     ],
-    ids=["scale-zero", "variants-and-profile"],
+    ids=["scale-zero", "variants-and-profile", "variants-and-cluster", "cluster-of-two"],
 )
 def test_bad_options_fail_with_one_line_and_no_traceback(args, says):
     # When proj bench gets options it cannot use

@@ -27,6 +27,13 @@ def targets(figures: dict) -> list[dict]:
         ("drain throughput vs pika at W = 2", drain_w2["ratio"], ">=", 0.5),
         ("short tasks vs ceiling W / 10 ms", figures["short_tasks"]["ratio"], ">=", 0.95),
         ("publish with confirms vs pika", figures["publish"]["ratio"], ">=", 0.8),
+        ("bulk publish vs pika one at a time", figures["bulk"]["ratio"], ">=", 2.0),
+        (
+            "worker RSS vs pika (busy)",
+            figures["memory"]["celery_busy_kib"] / figures["memory"]["pika_busy_kib"],
+            "<=",
+            1.5,
+        ),
         ("dispatch makespan / lower bound (prefetch 1)", figures["dispatch"]["prefetch_1_ratio"], "<=", 1.05),
         ("redelivery p99 (s)", figures["redelivery"]["p99"], "<", 1.0),
     ]
@@ -82,8 +89,14 @@ def markdown(figures: dict) -> str:
         f"{_r(pub['celery_ignore_result'] / pub['pika'])} / {_r(pub['celery_no_sent_event'] / pub['pika'])} | |"
     )
     lines.append(
-        f"| ... confirms pipelined on one channel, no `.delay()` batch API exists (msgs/s) | "
+        f"| ... confirms pipelined on one channel (the bench's queue filler, no task-sent events) (msgs/s) | "
         f"{_n(pub['celery_batch_confirms'])} | | | |"
+    )
+    bulk = figures["bulk"]
+    lines.append(
+        f"| Bulk publish, `send_many` ({bulk['messages']:,} messages, all confirmed) vs `basic_publish` one at a "
+        f"time (msgs/s) | {_n(bulk['bulk'])} | {_n(bulk['pika'])} | {_r(bulk['ratio'])} | "
+        f"{target('bulk publish vs pika one at a time')} |"
     )
     lat = figures["latency"]
     c, p = lat["celery"], lat["pika"]
@@ -115,7 +128,21 @@ def markdown(figures: dict) -> str:
     )
     lines.append(
         f"| ... of one busy worker | {_mib(mem['celery_busy_kib'])} | {_mib(mem['pika_busy_kib'])} | "
-        f"{_r(mem['celery_busy_kib'] / mem['pika_busy_kib'])} | |"
+        f"{_r(mem['celery_busy_kib'] / mem['pika_busy_kib'])} | {target('worker RSS vs pika (busy)')} |"
+    )
+    solo = figures["solo"]
+    lines.append(
+        f"| Option `{solo['command']}`: drain no-op tasks, W = {solo['workers']} (tasks/s) | {_n(solo['drain'])} | "
+        f"{_n(solo['drain_pika'])} | {_r(solo['drain_ratio'])} | (>= 0.5) |"
+    )
+    lines.append(
+        f"| ... 10 ms tasks, W = {solo['workers']} (tasks/s; ratio to the ceiling {_n(st['ceiling'])}/s) | "
+        f"{_n(solo['short'])} | | {_r(solo['short_ratio'])} | (>= 0.95) |"
+    )
+    lines.append(
+        f"| ... memory (RSS) idle / busy (one process, no pool child) | {_mib(solo['idle_kib'])} / "
+        f"{_mib(solo['busy_kib'])} | {_mib(mem['pika_idle_kib'])} / {_mib(solo['pika_busy_kib'])} | "
+        f"{_r(solo['idle_kib'] / mem['pika_idle_kib'])} / {_r(solo['busy_kib'] / solo['pika_busy_kib'])} | (<= 1.5) |"
     )
     met = sum(1 for x in t.values() if x["met"])
     lines += ["", f"Targets met: {met} of {len(t)}. Run took {figures['elapsed_seconds']:.0f} s."]

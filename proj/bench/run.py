@@ -621,11 +621,15 @@ def run(plan: Plan, work_dir: Path | None = None) -> dict:
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, on_term)
+    from proj.bench import options
+
     try:
         bench.start()
+        solo_fleet = options.start_solo(bench)
         machine = versions(bench.node)
         memory = bench.section_memory_idle()
         publish = bench.section_publish()
+        bulk = options.section_bulk(bench)
         drain, events = bench.section_drain()
         short, busy = bench.section_short()
         memory.update({"celery_busy_kib": busy["celery"], "pika_busy_kib": busy["pika"]})
@@ -633,6 +637,7 @@ def run(plan: Plan, work_dir: Path | None = None) -> dict:
         latency = bench.section_latency(capacity)
         dispatch = bench.section_dispatch()
         redelivery = bench.section_redelivery()
+        solo = options.section_solo(bench, solo_fleet)
     finally:
         bench.close()
         signal.signal(signal.SIGTERM, old)
@@ -644,6 +649,8 @@ def run(plan: Plan, work_dir: Path | None = None) -> dict:
         "events": events,
         "short_tasks": short,
         "publish": publish,
+        "bulk": bulk,
+        "solo": solo,
         "latency": latency,
         "dispatch": dispatch,
         "redelivery": redelivery,

@@ -5,6 +5,7 @@ Usage::
     proj bench                 # every section, under 10 minutes
     proj bench --quick         # every section, smaller, under 2 minutes
     proj bench --json --out results/
+    proj bench --cluster 3     # one classic node against a 3-node cluster with a quorum task_queue
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ EXIT_FAILED = 1
     help="Instead: profile one worker's per-task path with py-spy (pip install py-spy); samples go here.",
 )
 @click.option(
+    "--cluster",
+    "cluster_size",
+    type=click.IntRange(min=3, max=7),
+    default=None,
+    help="Instead: one classic node against a cluster of N nodes with a quorum task_queue (publish, drain, memory).",
+)
+@click.option(
     "--work-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -59,9 +67,11 @@ def bench(
     scale: float,
     variants: bool,
     profile: Path | None,
+    cluster_size: int | None,
     work_dir: Path | None,
 ) -> None:
     """Measure Celery against the tutorial's pika worker: throughput, latency, dispatch, redelivery, memory."""
+    from proj.bench import cluster as cluster_mod
     from proj.bench import profile as profile_mod
     from proj.bench import report
     from proj.bench import variants as variants_mod
@@ -73,8 +83,8 @@ def bench(
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             _fail(f"cannot write to --out {out}: {exc.strerror}; pick a folder you can write to")
-    if variants and profile is not None:
-        _fail("--variants and --profile are two different runs: pick one")
+    if sum((variants, profile is not None, cluster_size is not None)) > 1:
+        _fail("--variants, --profile and --cluster are different runs: pick one")
     if profile is not None:
         try:
             profile_mod.py_spy()
@@ -82,7 +92,9 @@ def bench(
             _fail(str(exc))
     plan = Plan.make(quick, scale)
     try:
-        if profile is not None:
+        if cluster_size is not None:
+            figures = cluster_mod.run(plan, cluster_size, work_dir)
+        elif profile is not None:
             figures = profile_mod.run(plan, profile, work_dir)
         elif variants:
             figures = variants_mod.run(plan, work_dir=work_dir)
@@ -96,7 +108,9 @@ def bench(
         _fail(f"a measurement failed: {str(exc).splitlines()[0]}")
     figures["quick"] = quick
     figures["scale"] = scale
-    if profile is not None:
+    if cluster_size is not None:
+        table = cluster_mod.markdown(figures)
+    elif profile is not None:
         table = profile_mod.markdown(figures)
     elif variants:
         table = variants_mod.markdown(figures)

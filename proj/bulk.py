@@ -1,0 +1,214 @@
+"""Many tasks at once: published pipelined on one channel, returned only when the broker confirmed each.
+
+Usage::
+
+    from proj.tasks import send_many
+    ids = send_many(["First message.", "Second message..", "Third message..."])
+
+``.delay()`` waits for the broker's confirm of each message before it sends the next, one round trip
+per message. Here every message is published (persistent, to ``task_queue``, exactly as ``.delay()``
+builds it) without waiting, the confirms are collected as they arrive, and the call returns the task
+ids in order once every message is confirmed. A message the broker refuses (basic.nack, e.g. a full
+queue with x-overflow reject-publish) or does not confirm within ``PROJ_PUBLISH_TIMEOUT`` is reported
+by its position (1-based) and id in :class:`BulkPublishError`; nothing is ever published twice here.
+Task-sent events (Flower's "sent") go out for every confirmed task, a batch per event message.
+Results are not stored (``ignore_result``): the ids are what the caller keeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable
+
+from proj import config, queues, sentevents
+from proj.tasks import PublishError, check_message
+
+#: Messages published but not yet confirmed, at most: the publisher reads confirms before it sends more.
+WINDOW = 2000
+#: Task-sent events per event message (Celery's receivers, Flower's too, take a list of events).
+EVENTS_PER_MESSAGE = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """One message the broker did not take: its 1-based position in the batch, its task id, why."""
+
+    position: int
+    task_id: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"message {self.position} (id {self.task_id}): {self.reason}"
+
+
+class BulkPublishError(PublishError):
+    """Some messages of a batch were not confirmed; ``failures`` names each, the others are queued."""
+
+    def __init__(self, failures: list[Failure], ids: list[str]):
+        self.failures = failures
+        self.ids = ids
+        failed = {f.position for f in failures}
+        #: Ids of the messages the broker confirmed (queued, durable), in order.
+        self.confirmed = [task_id for i, task_id in enumerate(ids, 1) if i not in failed]
+        super().__init__(
+            f"{len(failures)} of {len(ids)} messages not confirmed by the broker (the other "
+            f"{len(self.confirmed)} are queued); first: {failures[0]}"
+        )
+
+
+class _Confirms:
+    """Publisher confirms of one channel: which delivery tags the broker acked or nacked."""
+
+    def __init__(self, channel):
+        self.acked_upto = 0  # every tag <= this one is settled (acked or nacked)
+        self.settled: set[int] = set()  # settled one at a time above acked_upto
+        self.nacked: set[int] = set()
+        channel.events["basic_ack"].add(self.on_ack)
+        channel.events["basic_nack"].add(self.on_nack)
+
+    def on_ack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple)
+
+    def on_nack(self, tag: int, multiple: bool) -> None:
+        first = self.acked_upto + 1 if multiple else tag
+        self.nacked.update(t for t in range(first, tag + 1) if t not in self.settled)
+        self._settle(tag, multiple)
+
+    def _settle(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            self.acked_upto = max(self.acked_upto, tag)
+            self.settled = {t for t in self.settled if t > tag}
+        else:
+            self.settled.add(tag)
+        while self.acked_upto + 1 in self.settled:
+            self.acked_upto += 1
+            self.settled.discard(self.acked_upto)
+
+    def done(self, tag: int) -> bool:
+        return tag <= self.acked_upto or tag in self.settled
+
+    def unsettled(self, published: int) -> int:
+        return published - self.acked_upto - len(self.settled)
+
+
+def send_many(messages: Iterable[str], broker_url: str | None = None) -> list[str]:
+    """Publish every message as ``proj.tasks.work``; return their task ids once all are confirmed.
+
+    Raises TypeError/ValueError (naming the position) before anything is published if a message is
+    not text or too large; PublishError if the broker cannot be reached (nothing was sent);
+    BulkPublishError naming each message that was refused or not confirmed (the others are queued).
+    """
+    from celery.utils import uuid
+
+    from proj.celery import app
+
+    messages = list(messages)
+    for position, message in enumerate(messages, 1):
+        try:
+            check_message(message)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"message {position}: {exc}") from None
+    ids = [uuid() for _ in messages]
+    if not messages:
+        return ids
+    with app.connection_for_write(url=broker_url, transport_options={"confirm_publish": False}) as conn:
+        try:
+            conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5, timeout=config.PUBLISH_TIMEOUT)
+        except Exception as exc:
+            from proj.rabbit.management import hide_password
+
+            raise PublishError(f"could not publish to {hide_password(conn.as_uri())}: {exc}") from exc
+        failures = _publish_all(app, conn, messages, ids)
+    if failures:
+        raise BulkPublishError(failures, ids)
+    return ids
+
+
+def _publish_all(app, conn, messages: list[str], ids: list[str]) -> list[Failure]:
+    """Publish, collect confirms, send task-sent events for the confirmed; the failures, by position."""
+    from amqp.exceptions import PreconditionFailed
+    from kombu import Producer
+
+    channel = conn.channel()
+    channel.confirm_select()
+    confirms = _Confirms(channel)
+    producer = Producer(channel, auto_declare=False)
+    sent_events = _SentEventBatch(app)
+    published = 0
+    lost: str | None = None  # why publishing or confirming stopped early
+    deadline = time.monotonic() + config.PUBLISH_TIMEOUT
+    try:
+        for task_id, message in zip(ids, messages, strict=True):
+            while confirms.unsettled(published) >= WINDOW and lost is None:
+                deadline, lost = _read_confirms(conn, confirms, published, deadline)
+            if lost is not None:
+                break
+            task = app.amqp.create_task_message(
+                task_id,
+                "proj.tasks.work",
+                [message],
+                {},
+                create_sent_event=app.conf.task_send_sent_event,
+                ignore_result=True,
+            )
+            # retry=False: a publish that fails is reported, never repeated (it may have reached the broker).
+            app.amqp.send_task_message(
+                producer, "proj.tasks.work", task, queue=config.QUEUE_NAME, retry=False, event_dispatcher=sent_events
+            )
+            published += 1
+        deadline = time.monotonic() + config.PUBLISH_TIMEOUT
+        while lost is None and confirms.unsettled(published):
+            deadline, lost = _read_confirms(conn, confirms, published, deadline)
+    except conn.connection_errors + conn.channel_errors + (OSError,) as exc:
+        if published == 0 and isinstance(exc, PreconditionFailed):  # task_queue exists with other arguments
+            raise PublishError(queues.explain_mismatch(exc.reply_text) or exc.reply_text) from None
+        lost = f"the broker closed the channel or the connection ({exc}): it may or may not be queued"
+    failures = []
+    for position, task_id in enumerate(ids, 1):
+        if position in confirms.nacked:
+            failures.append(Failure(position, task_id, _NACKED))
+        elif position > published:
+            failures.append(Failure(position, task_id, f"not sent: publishing stopped, {lost}"))
+        elif not confirms.done(position):
+            failures.append(Failure(position, task_id, f"not confirmed: {lost}"))
+    confirmed = {ids[i - 1] for i in range(1, published + 1) if confirms.done(i) and i not in confirms.nacked}
+    sent_events.flush(conn, confirmed)
+    return failures
+
+
+_NACKED = (
+    "refused by RabbitMQ (basic.nack): the queue may be full (x-max-length with x-overflow reject-publish) "
+    "or the broker out of resources"
+)
+
+
+def _read_confirms(conn, confirms: _Confirms, published: int, deadline: float) -> tuple[float, str | None]:
+    """Read what the broker sent until a confirm arrives; a new deadline, or why no confirm came."""
+    before = confirms.unsettled(published)
+    while confirms.unsettled(published) == before:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return deadline, f"no confirm from RabbitMQ within PROJ_PUBLISH_TIMEOUT={config.PUBLISH_TIMEOUT:g} s"
+        try:
+            conn.drain_events(timeout=min(remaining, 1.0))
+        except TimeoutError:
+            pass
+    # Every confirm moves the deadline: a large batch is bounded per confirm, not as a whole.
+    return time.monotonic() + config.PUBLISH_TIMEOUT, None
+
+
+class _SentEventBatch:
+    """Keeps the task-sent events ``send_task_message`` hands over, to publish those of confirmed tasks."""
+
+    def __init__(self, app):
+        self.app = app
+        self.fields: list[dict] = []
+
+    def publish(self, type, fields, producer, **kwargs) -> None:
+        self.fields.append(dict(fields))
+
+    def flush(self, conn, confirmed: set[str]) -> None:
+        fields = [f for f in self.fields if f.get("uuid") in confirmed]
+        if fields:
+            sentevents.dispatcher(self.app).publish_many("task-sent", fields, conn, EVENTS_PER_MESSAGE)

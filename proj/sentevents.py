@@ -1,0 +1,70 @@
+"""The producer's task-sent events, published without waiting for a publisher confirm.
+
+Celery publishes a task's task-sent event on the task's own producer, right after the task: on a
+channel in confirm mode (``broker_transport_options = {"confirm_publish": True}``) that is a second
+round trip for every ``.delay()``, spent on a status report. The task message keeps its confirm;
+the event goes out on a second channel of the same connection that is not in confirm mode, as the
+worker's task events do (proj/consumer.py). Flower still sees every task-sent event.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from celery.events.dispatcher import EventDispatcher
+from celery.utils.log import get_logger
+from kombu import Producer
+
+logger = get_logger(__name__)
+
+#: One unconfirmed channel per AMQP connection (a reconnection is a new connection, with a new channel).
+_channels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def event_channel(connection):
+    """A channel of ``connection`` (a kombu Connection) whose publishes wait for no confirm."""
+    amqp_connection = connection.connection
+    channel = _channels.get(amqp_connection)
+    if channel is None or not channel.is_open:
+        channel = connection.channel()
+        # amqp opens every channel of a confirm_publish connection in confirm mode, lazily, at its
+        # first publish; this one publishes plainly.
+        channel.basic_publish = channel._basic_publish
+        _channels[amqp_connection] = channel
+    return channel
+
+
+class SentEvents(EventDispatcher):
+    """Celery's event dispatcher, publishing on :func:`event_channel` instead of the task's channel.
+
+    An event that cannot be published is logged, not raised: the task it reports on is queued and
+    confirmed already, and a caller told otherwise would send it again.
+    """
+
+    def publish(self, type, fields, producer, blind=False, **kwargs):
+        kwargs.update(retry=False, retry_policy=None)
+        try:
+            events = Producer(event_channel(producer.connection), auto_declare=False)
+            return super().publish(type, fields, events, blind=blind, **kwargs)
+        except Exception as exc:
+            logger.warning("task event %s not published (the task itself is queued): %r", type, exc)
+            return None
+
+    def publish_many(self, type: str, fields: list[dict], connection, per_message: int) -> None:
+        """Events of many tasks, ``per_message`` to an event message (Celery's receivers, Flower's too,
+        take a list of events, as a worker's buffered task events come)."""
+        events = [self._prepare_event(type, f) for f in fields]
+        try:
+            producer = Producer(event_channel(connection), auto_declare=False)
+            for i in range(0, len(events), per_message):
+                self._publish(events[i : i + per_message], producer, routing_key=f"{type.split('-')[0]}.multi")
+        except Exception as exc:
+            logger.warning("%d %s events not published (their tasks are queued): %r", len(events), type, exc)
+
+
+def dispatcher(app) -> SentEvents:
+    """The app's dispatcher for task-sent events (``apply_async(event_dispatcher=...)``)."""
+    found = getattr(app, "_proj_sent_events", None)
+    if found is None:
+        found = app._proj_sent_events = SentEvents(app=app, enabled=False, buffer_while_offline=False)
+    return found
