@@ -366,6 +366,21 @@ class Node:
             os.killpg(pgid, signal.SIGKILL)
             _wait_gone(pgid, 10)
 
+    def freeze(self) -> None:
+        """SIGSTOP every process of the node: frozen, not dead (a paused VM, a long stall). Its TCP
+        connections stay open and its port still accepts connections, but nothing answers."""
+        self._signal_group(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: a frozen node runs again, from where it stopped."""
+        self._signal_group(signal.SIGCONT)
+
+    def _signal_group(self, sig: int) -> None:
+        pgid = self._read_state().get("pgid")
+        if not (pgid and _group_alive(pgid)):
+            raise BrokerError(f"node {self.node_name} is not running")
+        os.killpg(pgid, sig)
+
     def status(self) -> dict:
         state = self._read_state()
         running = pid_alive(state.get("pid"))
