@@ -61,6 +61,9 @@ LEDGER = os.environ.get("PROJ_LEDGER") or None
 #: The folder holding ``rabbitmq-server`` and ``rabbitmqctl`` for proj's private nodes (default: the system's).
 RABBITMQ_BIN = os.environ.get("PROJ_RABBITMQ_BIN") or None
 
+#: Seconds between AMQP heartbeats: a silent connection is given up after two of them (broker_heartbeat).
+BROKER_HEARTBEAT = _env("PROJ_BROKER_HEARTBEAT", "8", float)
+
 #: RabbitMQ's consumer_timeout in seconds (its default: 30 minutes). A consumer holding an unacked
 #: message longer than that has its channel closed and the message redelivered while it still runs.
 BROKER_CONSUMER_TIMEOUT = _env("PROJ_BROKER_CONSUMER_TIMEOUT", "1800", float)
@@ -78,6 +81,15 @@ STUCK_AFTER = _env("PROJ_STUCK_AFTER", "30", float)
 # The tutorial connects to a RabbitMQ on localhost. CELERY_BROKER_URL overrides this.
 # Docs: configuration.html#broker-url
 broker_url = "amqp://guest:guest@localhost:5672//"
+
+# AMQP heartbeats every 8 s: a worker (or producer) whose node is frozen (a paused VM, a long stall:
+# the TCP connection stays open and silent) gives it up after two missed intervals, 16-20 s, and
+# fails over to the next URL of CELERY_BROKER_URL within 30 s (measured: tests/test_cluster.py);
+# Celery's default, 120 s, meant 4-5 minutes. The cost: a heartbeat frame each way every 4 s per
+# connection, and a worker whose main process is blocked for over 16 s loses its connection (its
+# running task is then redelivered: prefork's main process never runs tasks; `-P solo` would).
+# Docs: configuration.html#broker-heartbeat
+broker_heartbeat = BROKER_HEARTBEAT
 
 # A worker started before the broker keeps trying instead of exiting (and Celery stops warning).
 # Docs: configuration.html#broker-connection-retry-on-startup

@@ -27,6 +27,10 @@ from proj.tasks import TASK_NAME
 
 logger = get_logger(__name__)
 
+#: Seconds a blocking read or write on the event connection may take (a close-ok, a full socket buffer)
+#: before the worker gives that connection up: a broker answers in milliseconds unless it is frozen.
+EVENTS_SOCKET_TIMEOUT = 5
+
 
 def tutorial_text(message) -> str | None:
     """The text of a message from a tutorial producer (no Celery headers, no content type), else None."""
@@ -179,9 +183,15 @@ class Consumer(CeleryConsumer):
         to confirm each of them (three per task) cost the worker's main process a round trip apiece.
         Task messages, results, dead letters and every producer keep their confirms.
         proj bench --variants, W = 2: no-op tasks drained 1.43x faster (583 -> 835/s), 10 ms tasks 1.04x.
+
+        Its socket reads and writes time out (EVENTS_SOCKET_TIMEOUT): when the worker's node freezes,
+        Celery's consumer restart first closes the old event connection and waits for the frozen
+        node's close-ok, with no timeout of its own: the worker failed over, then sat there for good.
         """
+        timeout = EVENTS_SOCKET_TIMEOUT
+        options = {"confirm_publish": False, "read_timeout": timeout, "write_timeout": timeout}
         return self.ensure_connected(
-            self.app.connection_for_write(url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False})
+            self.app.connection_for_write(url=url, heartbeat=heartbeat, transport_options=options)
         )
 
     def dead_letter(self, message, reason: str) -> None:

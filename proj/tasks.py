@@ -22,8 +22,13 @@ class MessageTask(Task):
 
     Refused before anything is published: a non-string message (TypeError), a message over
     PROJ_MAX_MESSAGE_BYTES (ValueError). Refused by the broker: PublishError naming the queue
-    (a basic.nack, for example a full queue with x-overflow reject-publish; or a task_queue that
-    exists with other arguments).
+    (a basic.nack that lasts, for example a full queue with x-overflow reject-publish; or a
+    task_queue that exists with other arguments).
+
+    A nack is sent again under the same task id until PROJ_PUBLISH_TIMEOUT has passed: a quorum
+    queue nacks for about a second while it elects a new leader after a node dies, and the caller
+    should not see that. The same id makes a message that was taken after all (a nack does not
+    prove it was not) one task delivered twice, which acks late already allows, never two tasks.
     """
 
     def apply_async(self, args=None, kwargs=None, *rest, **options):
@@ -36,6 +41,22 @@ class MessageTask(Task):
         options.setdefault("soft_time_limit", None)
         # The task-sent event (Flower's "sent") waits for no confirm of its own: proj/sentevents.py.
         options.setdefault("event_dispatcher", sentevents.dispatcher(self.app))
+        if not options.get("task_id"):
+            from kombu.utils.uuid import uuid
+
+            options["task_id"] = uuid()
+        deadline = time.monotonic() + config.PUBLISH_TIMEOUT
+        pause = NACK_RETRY_FIRST_PAUSE
+        while True:
+            try:
+                return self._publish_once(args, kwargs, rest, options)
+            except _Nacked as nacked:
+                if time.monotonic() + pause > deadline:
+                    raise nacked.error from None
+                time.sleep(pause)
+                pause = min(pause * 2, NACK_RETRY_MAX_PAUSE)
+
+    def _publish_once(self, args, kwargs, rest, options):
         queue = options.get("queue") or config.QUEUE_NAME
         queue = getattr(queue, "name", queue)
         from amqp.exceptions import MessageNacked, PreconditionFailed
@@ -45,9 +66,13 @@ class MessageTask(Task):
             return super().apply_async(args, kwargs, *rest, **options)
         except (MessageNacked, OperationalError) as exc:
             if isinstance(exc, MessageNacked) or _caused_by(exc, MessageNacked):
-                raise PublishError(
-                    f"RabbitMQ refused the message for queue {queue!r} (basic.nack): the queue may be full "
-                    "(x-max-length with x-overflow reject-publish) or the broker out of resources"
+                raise _Nacked(
+                    PublishError(
+                        f"RabbitMQ refused the message for queue {queue!r} (basic.nack) for "
+                        f"{config.PUBLISH_TIMEOUT:g} s (PROJ_PUBLISH_TIMEOUT): the queue may be full "
+                        "(x-max-length with x-overflow reject-publish), have no leader (a quorum queue "
+                        "without a majority of its nodes) or the broker be out of resources"
+                    )
                 ) from None
             # the broker could not be reached within PROJ_PUBLISH_TIMEOUT
             from proj.rabbit.management import hide_password
@@ -57,6 +82,19 @@ class MessageTask(Task):
             raise PublishError(f"could not publish to {hide_password(url)}: {exc}") from exc
         except PreconditionFailed as exc:
             raise PublishError(queues.explain_mismatch(exc.reply_text) or exc.reply_text) from None
+
+
+#: Pauses between sends of a nacked message: 0.1 s, doubling up to 1 s, within PROJ_PUBLISH_TIMEOUT.
+NACK_RETRY_FIRST_PAUSE = 0.1
+NACK_RETRY_MAX_PAUSE = 1.0
+
+
+class _Nacked(Exception):
+    """A basic.nack: worth sending the same message again until the publish timeout."""
+
+    def __init__(self, error: PublishError):
+        super().__init__(str(error))
+        self.error = error
 
 
 def _caused_by(exc: BaseException, kind: type) -> bool:

@@ -23,24 +23,67 @@ from proj.tasks import PublishError, work
 NEW_TASK = Path(sys.executable).with_name("new-task")
 
 
-def test_message_refused_by_a_full_queue_raises_an_error_naming_the_queue(broker, mgmt):
-    # Given a queue that holds one message and refuses more (x-overflow: reject-publish)
+def limited_queue(mgmt) -> Queue:
+    """A queue that holds one message and refuses more (x-overflow: reject-publish): the broker nacks."""
     mgmt.delete_queue("limited")
-    limited = Queue(
+    return Queue(
         "limited",
         Exchange(""),
         routing_key="limited",
         durable=True,
         queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
     )
+
+
+def test_message_refused_by_a_full_queue_raises_an_error_naming_the_queue(broker, mgmt, monkeypatch):
+    # Given a full queue that refuses more, and a publish timeout of one second
+    monkeypatch.setattr(config, "PUBLISH_TIMEOUT", 1.0)
+    limited = limited_queue(mgmt)
     with app.connection_for_write(broker.url) as conn:
         work.apply_async(args=["First."], queue=limited, connection=conn, ignore_result=True)
 
         # When a second message is published to it
-        # Then the broker's nack reaches the caller as an error naming the queue
+        # Then the broker's nack, lasting past the timeout, reaches the caller as an error naming the queue
         with pytest.raises(PublishError, match="refused the message for queue 'limited'"):
             work.apply_async(args=["Second."], queue=limited, connection=conn, ignore_result=True)
     assert queue_depth(broker.url, "limited") == 1
+    mgmt.delete_queue("limited")
+
+
+def test_nacked_message_is_sent_again_under_the_same_id_until_the_broker_takes_it(broker, mgmt):
+    # Given a full queue that refuses more (basic.nack), like a quorum queue electing a leader
+    limited = limited_queue(mgmt)
+    with app.connection_for_write(broker.url) as conn:
+        work.apply_async(args=["First."], queue=limited, connection=conn, ignore_result=True)
+
+        # When a second message is published while a consumer takes the first one half a second later
+        def make_room():
+            from kombu import Connection
+
+            with Connection(broker.url) as consumer_conn:
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    message = limited(consumer_conn.default_channel).get(no_ack=True)
+                    if message is not None:
+                        taken.append(message.headers["id"])
+                        return
+                    time.sleep(0.05)
+
+        taken: list[str] = []
+        timer = threading.Timer(0.5, make_room)
+        timer.start()
+        try:
+            result = work.apply_async(args=["Second."], queue=limited, connection=conn, ignore_result=True)
+        finally:
+            timer.join(15)
+
+    # Then .apply_async() returned without an error once the broker took the message
+    assert len(taken) == 1, "the first message was never taken off the queue"
+    # And the queue holds the second message exactly once, under the id the caller got
+    with app.connection_for_read(broker.url) as conn:
+        second = limited(conn.default_channel).get(no_ack=True)
+        assert second is not None and second.headers["id"] == result.id
+        assert limited(conn.default_channel).get(no_ack=True) is None
     mgmt.delete_queue("limited")
 
 

@@ -349,6 +349,19 @@ class Node:
             signal_group(pgid, signal.SIGKILL)
             wait_gone(pgid, 10, group=True)
 
+    def freeze(self) -> None:
+        """SIGSTOP every process of the node: frozen, not dead (a paused VM, a long stall). Its TCP
+        connections stay open and its port still accepts connections, but nothing answers."""
+        self._signal_group(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: a frozen node runs again, from where it stopped."""
+        self._signal_group(signal.SIGCONT)
+
+    def _signal_group(self, sig: int) -> None:
+        if not signal_group(self._read_state().get("pgid"), sig):
+            raise BrokerError(f"node {self.node_name} is not running")
+
     def status(self) -> dict:
         state = self._read_state()
         running = pid_alive(state.get("pid"))
