@@ -11,7 +11,9 @@ and the command line still wins afterwards. So this file only fills in what was 
 - ``broker_api``: RabbitMQ's management API, for the Broker page and ``/api/queues/length``
   (``task_queue``'s ready and unacknowledged counts): ``PROJ_MANAGEMENT_URL`` when set, otherwise
   derived from ``CELERY_BROKER_URL`` (same host, credentials and vhost, port 15672), the value
-  ``proj queues`` reads too. ``--broker-api`` / ``FLOWER_BROKER_API`` still win.
+  ``proj queues`` reads too. ``--broker-api`` / ``FLOWER_BROKER_API`` still win. A ``;``-separated
+  list (one URL per node of a cluster) is asked in order, the first node that answers wins, so the
+  Broker page keeps showing ``task_queue`` while any node of the list runs.
 
 Docs: https://flower.readthedocs.io/en/latest/config.html
 """
@@ -21,7 +23,7 @@ import sys
 
 from tornado.options import options
 
-from proj.rabbit.management import configured_management_url
+from proj.rabbit.management import configured_management_url, management_urls
 
 #: Exit status when Flower refuses to start (bad or missing credentials).
 _EXIT_REFUSED = 2
@@ -70,3 +72,51 @@ if not broker_api.startswith(("http://", "https://")):
         "the management API URL (PROJ_MANAGEMENT_URL or FLOWER_BROKER_API) is not http(s)://: "
         "set it like http://user:password@host:15672/api/"
     )
+
+
+def _ask_the_first_node_that_answers() -> None:
+    """Flower asks one management API for the Broker page; give it the failover a broker URL list has.
+
+    Flower 2.2 has no setting for a list: its ``RabbitMQ.queues`` fetches ``broker_api`` and shows an
+    empty page on any error. With a list, this replaces it with the same request tried on each node in
+    turn (credentials from each URL), the first answer winning.
+    """
+    import json
+    from urllib.parse import unquote, urljoin, urlparse
+
+    from flower.utils import broker as flower_broker
+    from tornado import httpclient
+
+    one_node = flower_broker.RabbitMQ.queues
+
+    async def queues(self, names):
+        urls = management_urls(self.http_api or "")
+        if len(urls) < 2:
+            return await one_node(self, names)
+        for url in urls:
+            api = urlparse(url)
+            client = httpclient.AsyncHTTPClient()
+            try:
+                response = await client.fetch(
+                    urljoin(url if url.endswith("/") else url + "/", "queues/" + self.vhost),
+                    auth_username=unquote(api.username or "") or self.username,
+                    auth_password=unquote(api.password or "") or self.password,
+                    connect_timeout=1.0,
+                    request_timeout=2.0,
+                    **self._tls_kwargs(),
+                )
+            except (OSError, httpclient.HTTPClientError) as exc:
+                if isinstance(exc, httpclient.HTTPClientError) and exc.code != 599:
+                    raise  # the node answered: its answer (401, say) is the error
+                continue  # not reachable: the next node
+            finally:
+                client.close()
+            return [queue for queue in json.loads(response.body.decode()) if queue["name"] in names]
+        flower_broker.logger.error("no node of the management API list answered: %s", self.http_api)
+        return []
+
+    flower_broker.RabbitMQ.queues = queues
+
+
+if ";" in broker_api:
+    _ask_the_first_node_that_answers()

@@ -3,15 +3,26 @@ reading the broker's counts. Import them with ``from helpers import ...``."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 from kombu import Connection
 
 from proj import config
+from proj.harness.workers import LoggedProcess
 from proj.rabbit.management import Management
-from proj.rabbit.node import Node, private_node
+from proj.rabbit.node import Node, free_port, private_node
 
 #: Seconds per '.' in tests: the tutorial's second, shrunk so the suite runs in minutes.
 SECONDS_PER_DOT = 0.1
@@ -106,3 +117,78 @@ def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT, what: 
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout} s: {what or predicate}")
         time.sleep(interval)
+
+
+# -- a real Flower ---------------------------------------------------------------------------------
+
+FLOWER_USER, FLOWER_PASSWORD = "flower-admin", "Fl0wer-pw-7c1e"
+
+
+class FlowerProcess(LoggedProcess):
+    """``celery -A proj flower`` in its own process group, run from the repository (its flowerconfig.py)."""
+
+    def __init__(
+        self,
+        log_path: Path,
+        broker_url: str,
+        *,
+        management_url: str | None = None,
+        basic_auth: str | None = f"{FLOWER_USER}:{FLOWER_PASSWORD}",
+        address: str | None = "127.0.0.1",
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        self.port = port or free_port()
+        argv = [sys.executable, "-m", "celery", "-A", "proj", "flower", f"--port={self.port}"]
+        if address is not None:
+            argv.append(f"--address={address}")
+        # Nothing of the caller's Flower or management settings leaks in: only what the test says.
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_") and k != "PROJ_MANAGEMENT_URL"}
+        full_env.update(CELERY_BROKER_URL=broker_url, PYTHONUNBUFFERED="1")
+        if management_url:
+            full_env["PROJ_MANAGEMENT_URL"] = management_url
+        if basic_auth:
+            full_env["FLOWER_BASIC_AUTH"] = basic_auth
+        full_env.update(env or {})
+        self.auth = basic_auth.split(",")[0] if basic_auth else None
+        super().__init__(argv, log_path, full_env)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = TIMEOUT) -> FlowerProcess:
+        """Until Flower answers HTTP (with or without credentials)."""
+
+        def answers() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, (
+                f"flower exited ({self.proc.returncode}):\n{self.log()[-3000:]}"
+            )
+            return self.get("/healthcheck", auth=False)[0] in (200, 401)
+
+        wait_until(answers, timeout, "Flower answers HTTP")
+        return self
+
+    def get(self, path: str, auth: bool | str = True) -> tuple[int, object]:
+        """(status, body): JSON decoded when it is JSON. ``auth``: True for Flower's user, or "user:password"."""
+        req = urllib.request.Request(self.url + path)
+        credentials = self.auth if auth is True else auth
+        if credentials:
+            req.add_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                status, body = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        except (urllib.error.URLError, OSError):
+            return 0, None
+        with contextlib.suppress(ValueError):
+            return status, json.loads(body)
+        return status, body.decode(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM (Flower's clean stop), then SIGKILL the whole group if it lingers."""
+        self.signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired, AssertionError):
+            self.wait_exit(10)
+        self.kill()

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import TIMEOUT, wait_until
+from helpers import TIMEOUT, FlowerProcess, wait_until
 from kombu import Connection, Queue
 
 from proj import config, ledger
@@ -196,7 +196,7 @@ def test_cluster_start_joins_three_nodes_with_one_cookie_and_prints_a_failover_u
     # And it printed Celery's failover list (every node, ';'-separated, quoted for the shell) and the management API
     (line,) = [line for line in out.splitlines() if line.startswith("export CELERY_BROKER_URL=")]
     assert line == f"export CELERY_BROKER_URL='{';'.join(n.url for n in nodes)}'"
-    assert f"export PROJ_MANAGEMENT_URL={nodes[0].management_url}" in out
+    assert f"export PROJ_MANAGEMENT_URL='{';'.join(n.management_url for n in nodes)}'" in out
     assert "export PROJ_QUEUE_TYPE=quorum" in out
 
     # When its status is asked for
@@ -476,6 +476,39 @@ def test_three_node_kills_in_turn_lose_no_confirmed_task(cluster_worker, quorum_
         f"{len(kills)} node kills, {len(producer.confirmed)} tasks confirmed, 0 lost, "
         f"{len(runs) - len(set(runs))} ran twice, {len(producer.errors)} publishes sent again"
     )
+
+
+def test_with_node_1_dead_proj_queues_and_flowers_broker_page_still_show_task_queue(
+    cluster_worker, quorum_cluster, tmp_path
+):
+    # Given a quorum task_queue with three messages and no worker, and Flower given every node's management API
+    cluster = quorum_cluster
+    worker = cluster_worker("w1", first=2)
+    worker.kill()  # it declared task_queue; now nobody consumes
+    producer = Publisher(cluster.failover_url(2))
+    for i in range(3):
+        producer.publish(f"Waiting {i}.")
+    flower = FlowerProcess(
+        tmp_path / "flower.log", cluster.failover_url(1), management_url=cluster.management_url
+    ).start()
+    try:
+        flower.wait_ready()
+
+        # When node 1, first in every list, dies
+        cluster.kill_node(1)
+
+        # Then `proj queues` (given the cluster's list) still shows task_queue with its three ready messages
+        env = {**os.environ, "CELERY_BROKER_URL": cluster.url, "PROJ_MANAGEMENT_URL": cluster.management_url}
+        out = subprocess.run([str(PROJ), "queues", "--json"], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        rows = {row["name"]: row for row in json.loads(out.stdout)}
+        assert rows[config.QUEUE_NAME]["messages_ready"] == 3
+        # And Flower's Broker page lists task_queue, read from a node that answers
+        status, page = flower.get("/broker")
+        assert status == 200 and config.QUEUE_NAME in page, page
+    finally:
+        flower.stop()
+        producer.close()
 
 
 def test_cluster_commands_refuse_bad_input_in_one_line(quorum_cluster, tmp_path):

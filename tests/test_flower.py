@@ -10,26 +10,18 @@ Screenshots go to the test's tmp dir, and also to ``$PROJ_SCREENSHOT_DIR`` when 
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import SECONDS_PER_DOT, TIMEOUT, publish, wait_until
+from helpers import FLOWER_PASSWORD, FLOWER_USER, SECONDS_PER_DOT, TIMEOUT, FlowerProcess, publish, wait_until
 
 from proj import config
-from proj.harness.workers import LoggedProcess, WorkerProcess
+from proj.harness.workers import WorkerProcess
 from proj.rabbit.management import Management
-from proj.rabbit.node import Node, free_port
+from proj.rabbit.node import Node
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Debian's chromium as root in a container: no sandbox, no GPU, nothing fetched from the network.
@@ -43,7 +35,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-FLOWER_USER, FLOWER_PASSWORD = "flower-admin", "Fl0wer-pw-7c1e"
 #: Short tasks that finish while the tests watch; their dots are their number.
 SHORT_MESSAGES = [f"Flower task {n}{'.' * n}" for n in range(1, 7)]
 #: Long tasks that hold both workers (one message each, prefetch 1) while the tests look.
@@ -53,76 +44,6 @@ PAGE_TIMEOUT_MS = 30_000
 
 
 # -- a real Flower ---------------------------------------------------------------------------------
-
-
-class FlowerProcess(LoggedProcess):
-    """``celery -A proj flower`` in its own process group, run from the repository (its flowerconfig.py)."""
-
-    def __init__(
-        self,
-        log_path: Path,
-        broker_url: str,
-        *,
-        management_url: str | None = None,
-        basic_auth: str | None = f"{FLOWER_USER}:{FLOWER_PASSWORD}",
-        address: str | None = "127.0.0.1",
-        port: int | None = None,
-        env: dict[str, str] | None = None,
-    ):
-        self.port = port or free_port()
-        argv = [sys.executable, "-m", "celery", "-A", "proj", "flower", f"--port={self.port}"]
-        if address is not None:
-            argv.append(f"--address={address}")
-        # Nothing of the caller's Flower or management settings leaks in: only what the test says.
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_") and k != "PROJ_MANAGEMENT_URL"}
-        full_env.update(CELERY_BROKER_URL=broker_url, PYTHONUNBUFFERED="1")
-        if management_url:
-            full_env["PROJ_MANAGEMENT_URL"] = management_url
-        if basic_auth:
-            full_env["FLOWER_BASIC_AUTH"] = basic_auth
-        full_env.update(env or {})
-        self.auth = basic_auth.split(",")[0] if basic_auth else None
-        super().__init__(argv, log_path, full_env)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = TIMEOUT) -> FlowerProcess:
-        """Until Flower answers HTTP (with or without credentials)."""
-
-        def answers() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, (
-                f"flower exited ({self.proc.returncode}):\n{self.log()[-3000:]}"
-            )
-            return self.get("/healthcheck", auth=False)[0] in (200, 401)
-
-        wait_until(answers, timeout, "Flower answers HTTP")
-        return self
-
-    def get(self, path: str, auth: bool | str = True) -> tuple[int, object]:
-        """(status, body): JSON decoded when it is JSON. ``auth``: True for Flower's user, or "user:password"."""
-        req = urllib.request.Request(self.url + path)
-        credentials = self.auth if auth is True else auth
-        if credentials:
-            req.add_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                status, body = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, body = exc.code, exc.read()
-        except (urllib.error.URLError, OSError):
-            return 0, None
-        with contextlib.suppress(ValueError):
-            return status, json.loads(body)
-        return status, body.decode(errors="replace")
-
-    def stop(self) -> None:
-        """SIGTERM (Flower's clean stop), then SIGKILL the whole group if it lingers."""
-        self.signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired, AssertionError):
-            self.wait_exit(10)
-        self.kill()
 
 
 # -- the scenario ----------------------------------------------------------------------------------

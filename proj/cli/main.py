@@ -145,7 +145,7 @@ def _print_cluster_started(cluster) -> None:
         )
     # Quoted: the failover list's ';' would end the command in a shell.
     click.echo(f"export CELERY_BROKER_URL='{cluster.url}'")
-    click.echo(f"export PROJ_MANAGEMENT_URL={cluster.management_url}")
+    click.echo(f"export PROJ_MANAGEMENT_URL='{cluster.management_url}'")
     click.echo("export PROJ_QUEUE_TYPE=quorum")
 
 

@@ -162,7 +162,9 @@ class Cluster:
 
     @property
     def management_url(self) -> str:
-        return self.nodes[0].management_url
+        """Every node's management API, ``;``-separated: ``PROJ_MANAGEMENT_URL`` for proj and Flower,
+        which use the first node that answers."""
+        return ";".join(self.management_urls)
 
     def node(self, n: int) -> Node:
         """Node ``n`` (1-based)."""

@@ -39,6 +39,8 @@ def vhost_from_broker(broker_url: str) -> str:
 
 
 def configured_management_url(broker_url: str | None = None) -> str:
+    """``PROJ_MANAGEMENT_URL``, else derived from the broker URL: one management URL per host of
+    Celery's failover list, ``;``-separated like it (a client uses the first that answers)."""
     from proj import config
 
     if config.MANAGEMENT_URL:
@@ -47,7 +49,13 @@ def configured_management_url(broker_url: str | None = None) -> str:
         from proj.celery import app
 
         broker_url = app.conf.broker_url
-    return management_url_from_broker(broker_url.split(";")[0])
+    derived = [management_url_from_broker(one.strip()) for one in broker_url.split(";") if one.strip()]
+    return ";".join(dict.fromkeys(derived))
+
+
+def management_urls(url: str) -> list[str]:
+    """The URLs of a ``;``-separated management URL list (one URL is a list of one)."""
+    return [one.strip() for one in url.split(";") if one.strip()]
 
 
 def hide_password(url: str) -> str:
@@ -67,18 +75,40 @@ def hide_password(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
 
 
-class Management:
-    """A small client for the handful of management endpoints this project reads."""
+class _Endpoint:
+    """One node's management API: its base URL and credentials."""
 
-    def __init__(self, url: str, vhost: str = "/", timeout: float = 5.0):
+    def __init__(self, url: str):
         parts = urllib.parse.urlsplit(url)
         self.user = urllib.parse.unquote(parts.username or "guest")
         self.password = urllib.parse.unquote(parts.password or "guest")
         port = f":{parts.port}" if parts.port else ""
         path = parts.path if parts.path.endswith("/") else parts.path + "/"
         self.base = f"{parts.scheme}://{parts.hostname}{port}{path}"
+
+
+class _Unreachable(Exception):
+    """This node's API did not answer: try the next one."""
+
+
+class Management:
+    """A small client for the handful of management endpoints this project reads.
+
+    ``url`` may be a ``;``-separated list, one per node of a cluster, like Celery's failover list of
+    broker URLs: a request goes to the first node that answers (and that node is asked first next
+    time), so the client keeps working while any node of the list runs. A node that answers with an
+    HTTP error (401, 500...) is not skipped: that answer is the error.
+    """
+
+    def __init__(self, url: str, vhost: str = "/", timeout: float = 5.0):
+        self.endpoints = [_Endpoint(one) for one in management_urls(url)] or [_Endpoint(url)]
         self.vhost = vhost
         self.timeout = timeout
+
+    @property
+    def base(self) -> str:
+        """The base URL of the node asked first (the last one that answered)."""
+        return self.endpoints[0].base
 
     @classmethod
     def for_broker(cls, broker_url: str | None = None) -> Management:
@@ -89,12 +119,26 @@ class Management:
         return cls(configured_management_url(broker_url), vhost_from_broker(broker_url.split(";")[0]))
 
     def __repr__(self) -> str:
-        return f"Management({self.base!r}, vhost={self.vhost!r})"
+        return f"Management({';'.join(e.base for e in self.endpoints)!r}, vhost={self.vhost!r})"
 
     def request(self, method: str, path: str, body: object | None = None) -> object:
+        unreachable = []
+        for endpoint in list(self.endpoints):
+            try:
+                answer = self._request(endpoint, method, path, body)
+            except _Unreachable as exc:
+                unreachable.append(f"{endpoint.base}: {exc}")
+                continue
+            if endpoint is not self.endpoints[0]:
+                self.endpoints.remove(endpoint)
+                self.endpoints.insert(0, endpoint)
+            return answer
+        raise ManagementError(f"cannot reach the management API at {'; '.join(unreachable)}")
+
+    def _request(self, endpoint: _Endpoint, method: str, path: str, body: object | None) -> object:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        req = urllib.request.Request(endpoint.base + path, data=data, method=method)
+        token = base64.b64encode(f"{endpoint.user}:{endpoint.password}".encode()).decode()
         req.add_header("Authorization", f"Basic {token}")
         req.add_header("Content-Type", "application/json")
         try:
@@ -103,10 +147,9 @@ class Management:
         except urllib.error.HTTPError as exc:
             if exc.code == 404 and method == "GET":
                 return None
-            raise ManagementError(f"{method} {self.base}{path}: HTTP {exc.code} {exc.reason}") from exc
+            raise ManagementError(f"{method} {endpoint.base}{path}: HTTP {exc.code} {exc.reason}") from exc
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ManagementError(f"cannot reach the management API at {self.base}: {reason}") from exc
+            raise _Unreachable(getattr(exc, "reason", exc)) from exc
         return json.loads(payload) if payload else None
 
     def _vh(self) -> str:
