@@ -6,7 +6,11 @@ Usage::
      [x] Sent 'First message.'
 
 The message is the arguments joined by spaces, or ``Hello World!``. The publish is persistent and
-confirmed by the broker before ` [x] Sent` is printed.
+confirmed by the broker before ` [x] Sent` is printed. ``-h``/``--help`` prints this usage and sends
+nothing; after ``--`` every word is message text (``new-task -- --help`` sends ``--help``).
+
+Exit status: 0 sent; 2 nothing sent (bad usage, a malformed setting, a broker it cannot reach or that
+refuses the message): the one table of every command (proj/cli/exits.py, README "Exit statuses").
 """
 
 from __future__ import annotations
@@ -15,8 +19,32 @@ import sys
 
 from proj import config
 
+# The exit-status table of proj/cli/exits.py, spelled out: the app imports none of the tooling.
 EXIT_OK = 0
-EXIT_BROKER = 1
+EXIT_CANNOT_RUN = 2
+
+USAGE = """usage: new-task [-h] [--] [WORD ...]
+
+Publish the words, joined by spaces, as one task to task_queue (default: 'Hello World!'),
+persistent and confirmed by the broker; each '.' is one unit of work (PROJ_SECONDS_PER_DOT).
+After '--' every word is message text: new-task -- --help sends '--help'.
+
+The broker is CELERY_BROKER_URL (default amqp://guest:guest@localhost:5672//).
+Exit status: 0 sent, 2 nothing sent (bad setting, broker unreachable or refusing)."""
+
+HELP_OPTIONS = ("-h", "--help")
+
+
+def parse_args(args: list[str]) -> str | None:
+    """The message the words make, or None when they ask for the usage (``-h``/``--help`` before any ``--``)."""
+    if "--" in args:
+        cut = args.index("--")
+        before, after = args[:cut], args[cut + 1 :]
+    else:
+        before, after = args, []
+    if any(word in HELP_OPTIONS for word in before):
+        return None
+    return " ".join(before + after) or "Hello World!"
 
 
 def describe_broker_error(exc: BaseException) -> str:
@@ -85,8 +113,10 @@ def publish(message: str, broker_url: str | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    message = " ".join(args) or "Hello World!"
+    message = parse_args(sys.argv[1:] if argv is None else argv)
+    if message is None:
+        print(USAGE)
+        return EXIT_OK
 
     from proj.celery import app
     from proj.console import say
@@ -96,16 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     problem = broker_url_problem(url)
     if problem:
         print(f"new-task: CELERY_BROKER_URL={hide_password(url)!r} is malformed: {problem}", file=sys.stderr)
-        return EXIT_BROKER
+        return EXIT_CANNOT_RUN
     try:
         publish(message)
     except ValueError as exc:  # refused at the producer: too large
         print(f"new-task: message refused: {exc}", file=sys.stderr)
-        return EXIT_BROKER
+        return EXIT_CANNOT_RUN
     except Exception as exc:  # any broker failure gets one line, never a traceback
         broker = hide_password(app.conf.broker_url)
         print(f"new-task: could not publish to {broker}: {describe_broker_error(exc)}", file=sys.stderr)
-        return EXIT_BROKER
+        return EXIT_CANNOT_RUN
     say(f" [x] Sent {message!r}")
     return EXIT_OK
 

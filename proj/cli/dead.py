@@ -24,7 +24,8 @@ from proj import deadletter
 from proj.queues import DEAD_QUEUE_NAME, QUEUE_NAME
 
 EXIT_OK = 0
-EXIT_FAILED = 1
+EXIT_FAILED = 1  # FAILED of proj/cli/exits.py: an ID asked for is not there
+EXIT_CANNOT_RUN = 2  # CANNOT_RUN of proj/cli/exits.py: bad usage, a broker it cannot reach
 
 
 @dataclass
@@ -155,7 +156,7 @@ def _fail(exc: Exception) -> None:
     from proj.rabbit.management import hide_password
 
     click.echo(f"proj dead: cannot reach {hide_password(app.conf.broker_url)}: {describe_broker_error(exc)}", err=True)
-    sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_CANNOT_RUN)
 
 
 @click.group()
@@ -199,7 +200,7 @@ def requeue_command(ids: tuple[str, ...], all_: bool) -> None:
     """Put dead letters back on task_queue (once their cause is fixed)."""
     if not ids and not all_:
         click.echo("proj dead requeue: name the IDs to requeue (see `proj dead list`) or pass --all", err=True)
-        sys.exit(EXIT_FAILED)
+        sys.exit(EXIT_CANNOT_RUN)
     try:
         moved = requeue(None if all_ else set(ids))
     except Exception as exc:

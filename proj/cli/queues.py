@@ -31,7 +31,7 @@ import click
 from proj.rabbit.management import Management, ManagementError, configured_management_url, vhost_from_broker
 
 EXIT_OK = 0
-EXIT_UNREACHABLE = 1
+EXIT_UNREACHABLE = 2  # CANNOT_RUN of proj/cli/exits.py: the counts could not be read
 
 #: The columns, as the table shows them and as the JSON names them (rabbitmqctl's own names).
 COLUMNS = (
@@ -166,7 +166,7 @@ def _watch(mgmt: Management, names: tuple[str, ...], as_json: bool, interval: fl
 @click.option("--json", "as_json", is_flag=True, help="Print the queues as JSON.")
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl+C.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, hidden=True, help="Seconds between refreshes.")
-@click.option("--count", type=click.IntRange(min=1), default=None, hidden=True, help="Stop watching after N refreshes.")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop watching after N refreshes.")
 def queues(names, as_json, watch, interval, count) -> None:
     """The tutorial's `rabbitmqctl list_queues name messages_ready messages_unacknowledged`.
 
