@@ -254,8 +254,8 @@ def test_durability_with_an_existing_broker_says_it_cannot_restart_it(tmp_path):
         "durability", "--broker-url", f"amqp://guest:guest@127.0.0.1:{free_port()}//", "--out", str(tmp_path)
     ).finish(30)
 
-    # Then it refuses in one line, exit 1, before touching anything
-    assert status == 1
+    # Then it refuses in one line, exit 2 (cannot run), before touching anything
+    assert status == 2
     assert stdout == ""
     assert stderr.splitlines() == [
         "proj lab: durability restarts the broker, and the lab only restarts a broker it started itself: "
@@ -263,29 +263,29 @@ def test_durability_with_an_existing_broker_says_it_cannot_restart_it(tmp_path):
     ]
 
 
-def test_unreachable_broker_is_one_line_and_exit_1(tmp_path):
+def test_unreachable_broker_is_one_line_and_exit_2(tmp_path):
     # When the lab is pointed at a port nothing listens on
     status, stdout, stderr = Lab(
         "all", "--broker-url", f"amqp://guest:secret@127.0.0.1:{free_port()}//", "--out", str(tmp_path)
     ).finish(60)
 
-    # Then one line says what failed and what to do, without the password; exit 1
-    assert status == 1
+    # Then one line says what failed and what to do, without the password; exit 2 (cannot run)
+    assert status == 2
     (line,) = stderr.splitlines()
     assert line.startswith("proj lab: cannot reach the broker at amqp://guest:***@127.0.0.1:")
     assert "connection refused" in line and "secret" not in line
     assert "Traceback" not in stdout + stderr
 
 
-def test_broker_that_cannot_be_started_is_one_line_and_exit_1(tmp_path):
+def test_broker_that_cannot_be_started_is_one_line_and_exit_2(tmp_path):
     # Given no rabbitmq-server where PROJ_RABBITMQ_BIN points
     # When the lab tries to start its private broker
     status, stdout, stderr = Lab(
         "round-robin", "--out", str(tmp_path / "out"), env={"PROJ_RABBITMQ_BIN": str(tmp_path)}
     ).finish(60)
 
-    # Then one line, exit 1
-    assert status == 1
+    # Then one line, exit 2 (cannot run)
+    assert status == 2
     (line,) = stderr.splitlines()
     assert line.startswith("proj lab: could not start a private RabbitMQ: rabbitmq-server is not in PROJ_RABBITMQ_BIN")
     assert "Traceback" not in stdout + stderr

@@ -146,7 +146,7 @@ def test_queues_watch_stops_after_count_refreshes_with_one_table_each(env, fresh
     assert result.stdout.count(config.QUEUE_NAME) == 3
 
 
-def test_queues_with_an_unreachable_management_api_prints_one_line_and_exits_1(fresh_queue):
+def test_queues_with_an_unreachable_management_api_prints_one_line_and_exits_2(fresh_queue):
     # Given a management URL where nothing listens, with a password in it
     port = free_port(avoid=(15672,))
     env = queues_env(fresh_queue.url, f"http://guest:{SECRET}@127.0.0.1:{port}/api/")
@@ -155,7 +155,7 @@ def test_queues_with_an_unreachable_management_api_prints_one_line_and_exits_1(f
     result = run_queues(env=env)
 
     # Then one line on stderr says what failed and what to do; no traceback, no password
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("proj queues: cannot reach the management API at ") and f":{port}/api/" in line
@@ -163,15 +163,15 @@ def test_queues_with_an_unreachable_management_api_prints_one_line_and_exits_1(f
     assert SECRET not in result.stderr and "Traceback" not in result.stderr
 
 
-def test_queues_watch_with_the_management_api_unreachable_keeps_saying_so_and_exits_1(fresh_queue):
+def test_queues_watch_with_the_management_api_unreachable_keeps_saying_so_and_exits_2(fresh_queue):
     # Given a management URL where nothing listens
     env = queues_env(fresh_queue.url, f"http://guest:{SECRET}@127.0.0.1:{free_port(avoid=(15672,))}/api/")
 
     # When the watch runs two refreshes
     result = run_queues("--watch", "--count", "2", "--interval", "0.1", env=env)
 
-    # Then each refresh says it in one line, and the exit status is 1
-    assert result.returncode == 1
+    # Then each refresh says it in one line, and the exit status is 2
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("proj queues: cannot reach") for line in lines), lines
     assert SECRET not in result.stderr + result.stdout
@@ -185,7 +185,7 @@ def test_queues_with_a_wrong_password_says_to_check_it_without_printing_it(fresh
     result = run_queues(env=env)
 
     # Then one line says the login was refused and what to check, without the password
-    assert result.returncode == 1
+    assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert "HTTP 401" in line and "check the user and password in PROJ_MANAGEMENT_URL" in line
     assert SECRET not in result.stderr + result.stdout
@@ -198,19 +198,19 @@ def test_queues_derives_the_management_url_from_the_broker_url_when_it_is_not_se
     # When `proj queues` is run
     result = run_queues(env=env)
 
-    # Then it tried the broker's host on port 15672 (the derived URL), said so in one line, exit 1
-    assert result.returncode == 1
+    # Then it tried the broker's host on port 15672 (the derived URL), said so in one line, exit 2
+    assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert "http://192.0.2.1:15672/api/" in line
     assert SECRET not in result.stderr
 
 
-def test_queues_names_a_missing_queue_and_exits_1(env):
+def test_queues_names_a_missing_queue_and_exits_2(env):
     # When `proj queues` is asked for a queue that does not exist
     result = run_queues("no_such_queue", env=env)
 
     # Then it says so in one line
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == "proj queues: no queue named no_such_queue in vhost '/' (`proj queues` lists them)"
 
 
@@ -222,7 +222,7 @@ def test_queues_rejects_a_management_url_that_is_not_http(fresh_queue):
     result = run_queues(env=env)
 
     # Then one line names the variable and shows the expected form, without the password
-    assert result.returncode == 1
+    assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("proj queues: PROJ_MANAGEMENT_URL is not an http(s)://") and "set it like http://" in line
     assert SECRET not in line

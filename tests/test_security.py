@@ -310,7 +310,7 @@ def test_new_task_errors_never_show_the_password(secret_url, case):
     result = cli("new-task", "Hello...", env=dict(os.environ, CELERY_BROKER_URL=url))
 
     # Then one line says what failed, with the user and no password
-    assert result.returncode == 1
+    assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"new-task: could not publish to amqp://{SECRET_USER}:***@127.0.0.1:"), line
     assert SECRET_PASSWORD not in result.stdout + result.stderr
