@@ -139,3 +139,35 @@ def test_every_proj_command_prints_the_line_of_a_malformed_setting(argv):
     assert out.returncode != 0
     assert "proj: PROJ_SECONDS_PER_DOT='abc' is not a valid float: fix or unset it" in out.stderr.splitlines()
     assert "Traceback" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("case", ["wrong-password", "unknown-vhost"])
+def test_worker_refused_by_the_broker_says_so_in_one_line_without_a_traceback(broker, case):
+    # Given a broker URL with a wrong password, or a vhost the broker does not have
+    url = (
+        f"amqp://guest:Wr0ng-pw-71@127.0.0.1:{broker.port}//"
+        if case == "wrong-password"
+        else f"amqp://guest:guest@127.0.0.1:{broker.port}/no-such-vhost"
+    )
+
+    # When a worker starts against it
+    worker = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "proj", "worker", "-n", "refused@%h"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "CELERY_BROKER_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    # Then it exits non-zero with one line naming the broker (password hidden) and what to check
+    output = worker.stdout + worker.stderr
+    assert worker.returncode != 0
+    (line,) = [line for line in worker.stderr.splitlines() if line.startswith("proj worker:")]
+    assert f"127.0.0.1:{broker.port}" in line
+    if case == "wrong-password":
+        assert "amqp://guest:***@" in line and "check the user name and password in CELERY_BROKER_URL" in line
+    else:
+        assert "no-such-vhost" in line and "check the vhost in CELERY_BROKER_URL" in line
+    # And no traceback, no CRITICAL log, no password
+    assert "Traceback" not in output and "CRITICAL" not in output and "Wr0ng-pw-71" not in output
