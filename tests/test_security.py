@@ -176,6 +176,29 @@ def test_flower_listens_on_127_0_0_1_only_when_no_address_is_given(broker, tmp_p
     assert sockets == {("127.0.0.1", flower.port)}, sockets
 
 
+def test_flowers_api_answers_401_without_credentials_until_the_readme_variable_opens_it(broker, tmp_path):
+    # Given Flower on the loopback without FLOWER_BASIC_AUTH, and the variable the README names
+    text = (REPO_ROOT / "README.md").read_text()
+    assert "FLOWER_UNAUTHENTICATED_API" in text and "401" in text
+    closed = FlowerProcess(tmp_path / "closed.log", broker.url, basic_auth=None)
+    opened = FlowerProcess(
+        tmp_path / "open.log", broker.url, basic_auth=None, env={"FLOWER_UNAUTHENTICATED_API": "true"}
+    )
+    try:
+        closed.start()
+        opened.start()
+        closed.wait_ready()
+        opened.wait_ready()
+
+        # When each is asked for its workers through the API
+        # Then the first answers 401 (Flower 2 closes its API without credentials), the second 200
+        assert closed.get("/api/workers", auth=False)[0] == 401
+        assert opened.get("/api/workers", auth=False)[0] == 200
+    finally:
+        closed.stop()
+        opened.stop()
+
+
 # -- nothing secret in git -------------------------------------------------------------------------
 
 #: Tokens and keys that must never be in a tracked file.
