@@ -8,23 +8,37 @@ Docs: https://docs.celeryq.dev/en/stable/userguide/configuration.html
 """
 
 import os
+import sys
 
 from celery.app.defaults import NAMESPACES, flatten
 
 from proj import queues
 
+#: Exit status of a malformed setting: "cannot run" in the one table of every command (proj/cli/exits.py,
+#: README "Exit statuses"); a literal here because the app imports none of the tooling.
+BAD_SETTING_EXIT = 2
+
 
 def _env(name: str, default: str, kind=str, choices: tuple[str, ...] = ()):
-    """An environment setting, or one clear line and exit status 1 when it is malformed."""
+    """An environment setting; when it is malformed, one clear line on stderr and exit status 2.
+
+    The line is printed here, not carried in ``SystemExit``: a command that catches ``SystemExit`` (click,
+    Celery) would otherwise drop it and exit 1 in silence.
+    """
     raw = os.environ.get(name, default)
+    problem = None
     try:
         value = kind(raw)
     except ValueError:
-        raise SystemExit(f"proj: {name}={raw!r} is not a valid {kind.__name__}: fix or unset it") from None
-    if choices and value not in choices:
-        raise SystemExit(f"proj: {name}={raw!r} must be one of {', '.join(choices)}")
-    if kind in (int, float) and value < 0:
-        raise SystemExit(f"proj: {name}={raw!r} must not be negative")
+        problem = f"is not a valid {kind.__name__}: fix or unset it"
+    else:
+        if choices and value not in choices:
+            problem = f"must be one of {', '.join(choices)}"
+        elif kind in (int, float) and value < 0:
+            problem = "must not be negative"
+    if problem:
+        print(f"proj: {name}={raw!r} {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(BAD_SETTING_EXIT)
     return value
 
 

@@ -13,6 +13,12 @@ all confirmed before the ` [x] Sent` lines (proj/bulk.py)::
 
     new-task --file messages.txt
     seq 1000 | new-task --file -
+
+``-h``/``--help`` prints this usage and sends nothing; after ``--`` every word is message text
+(``new-task -- --help`` sends ``--help``).
+
+Exit status: 0 sent; 2 nothing sent (bad usage, a malformed setting, a broker it cannot reach or that
+refuses the message): the one table of every command (proj/cli/exits.py, README "Exit statuses").
 """
 
 from __future__ import annotations
@@ -21,8 +27,32 @@ import sys
 
 from proj import config
 
+# The exit-status table of proj/cli/exits.py, spelled out: the app imports none of the tooling.
 EXIT_OK = 0
-EXIT_BROKER = 1
+EXIT_CANNOT_RUN = 2
+
+USAGE = """usage: new-task [-h] [--] [WORD ...]
+
+Publish the words, joined by spaces, as one task to task_queue (default: 'Hello World!'),
+persistent and confirmed by the broker; each '.' is one unit of work (PROJ_SECONDS_PER_DOT).
+After '--' every word is message text: new-task -- --help sends '--help'.
+
+The broker is CELERY_BROKER_URL (default amqp://guest:guest@localhost:5672//).
+Exit status: 0 sent, 2 nothing sent (bad setting, broker unreachable or refusing)."""
+
+HELP_OPTIONS = ("-h", "--help")
+
+
+def parse_args(args: list[str]) -> str | None:
+    """The message the words make, or None when they ask for the usage (``-h``/``--help`` before any ``--``)."""
+    if "--" in args:
+        cut = args.index("--")
+        before, after = args[:cut], args[cut + 1 :]
+    else:
+        before, after = args, []
+    if any(word in HELP_OPTIONS for word in before):
+        return None
+    return " ".join(before + after) or "Hello World!"
 
 
 def describe_broker_error(exc: BaseException) -> str:
@@ -90,10 +120,6 @@ def publish(message: str, broker_url: str | None = None):
         return work.apply_async(args=[message], connection=conn, ignore_result=True)
 
 
-#: proj.cli.exits.CANNOT_RUN (not imported: the app imports none of the tooling).
-EXIT_CANNOT_RUN = 2
-
-
 def read_lines(path: str) -> list[str]:
     """The messages of a file, one per line (``-``: standard input); a final newline ends the last one."""
     if path == "-":
@@ -155,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and (args[0] == "--file" or args[0].startswith("--file=")):
         return send_file(args)
-    message = " ".join(args) or "Hello World!"
+    message = parse_args(args)
+    if message is None:
+        print(USAGE)
+        return EXIT_OK
 
     from proj.celery import app
     from proj.console import say
@@ -165,16 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     problem = broker_url_problem(url)
     if problem:
         print(f"new-task: CELERY_BROKER_URL={hide_password(url)!r} is malformed: {problem}", file=sys.stderr)
-        return EXIT_BROKER
+        return EXIT_CANNOT_RUN
     try:
         publish(message)
     except ValueError as exc:  # refused at the producer: too large
         print(f"new-task: message refused: {exc}", file=sys.stderr)
-        return EXIT_BROKER
+        return EXIT_CANNOT_RUN
     except Exception as exc:  # any broker failure gets one line, never a traceback
         broker = hide_password(app.conf.broker_url)
         print(f"new-task: could not publish to {broker}: {describe_broker_error(exc)}", file=sys.stderr)
-        return EXIT_BROKER
+        return EXIT_CANNOT_RUN
     say(f" [x] Sent {message!r}")
     return EXIT_OK
 

@@ -22,6 +22,30 @@ def refuse(line: str) -> None:
 
 
 @worker_init.connect
+def check_broker_login(sender=None, **kwargs) -> None:
+    """A broker that refuses the login or the vhost stops the worker with one line, not Celery's traceback.
+
+    Celery treats both as unrecoverable and ends with a CRITICAL log and some 80 lines of traceback. Any
+    other connection error (a broker not up yet) is left to Celery's own connection retry.
+    """
+    from amqp.exceptions import AccessRefused, NotAllowed
+
+    from proj.new_task import describe_broker_error
+    from proj.rabbit.management import hide_password
+
+    app = sender.app if sender is not None else None
+    if app is None or app.conf.broker_url.split("://")[0] not in ("amqp", "pyamqp"):
+        return
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
+    except (AccessRefused, NotAllowed) as exc:
+        refuse(f"{hide_password(app.conf.broker_url)} refused the worker: {describe_broker_error(exc)}")
+    except Exception:  # not reachable (yet): Celery's own connection retry takes over
+        return
+
+
+@worker_init.connect
 def check_before_consuming(sender=None, **kwargs) -> None:
     # A task still running when RabbitMQ's consumer_timeout fires would be redelivered and run twice.
     if config.TASK_TIME_LIMIT >= config.BROKER_CONSUMER_TIMEOUT:

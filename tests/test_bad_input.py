@@ -6,12 +6,14 @@ port in use in tests/test_broker_cli.py; bad messages in tests/test_dead_letters
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from kombu import Connection
 
 from proj import config
 from proj.harness.workers import REPO_ROOT
@@ -38,7 +40,7 @@ def new_task(*words: str, **env: str) -> subprocess.CompletedProcess:
 )
 def test_malformed_broker_url_is_one_line_without_the_password(url, problem):
     out = new_task("Hello...", CELERY_BROKER_URL=url)
-    assert out.returncode == 1
+    assert out.returncode == 2
     (line,) = out.stderr.splitlines()
     assert line.startswith("new-task: CELERY_BROKER_URL=") and problem in line
     assert "s3cr3t-pw" not in out.stderr + out.stdout
@@ -48,7 +50,7 @@ def test_malformed_broker_url_is_one_line_without_the_password(url, problem):
 def test_malformed_setting_is_one_line_for_the_producer_and_the_worker(name):
     value = "sideways"
     out = new_task("Hello...", **{name: value})
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert name in out.stderr and "sideways" in out.stderr and "Traceback" not in out.stderr
     worker = subprocess.run(
@@ -94,3 +96,78 @@ def test_message_of_only_dots_is_that_many_units_of_work(monkeypatch):
 )
 def test_passwords_are_hidden_in_every_form_of_url(url, shown):
     assert hide_password(url) == shown
+
+
+def test_new_task_help_prints_usage_and_sends_nothing_and_after_a_double_dash_it_is_the_message(fresh_queue):
+    # When new-task is asked for help, long and short
+    for flag in ("--help", "-h"):
+        out = new_task(flag, CELERY_BROKER_URL=fresh_queue.url)
+
+        # Then it prints its usage, sends nothing and exits 0
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("usage: new-task") and "Sent" not in out.stdout
+
+    # When the same word comes after "--"
+    out = new_task("--", "--help", CELERY_BROKER_URL=fresh_queue.url)
+
+    # Then it is the message: sent, and the only one in task_queue
+    assert out.returncode == 0 and out.stdout.strip() == "[x] Sent '--help'", out
+    with Connection(fresh_queue.url) as conn:
+        channel = conn.default_channel
+        assert channel.queue_declare(config.QUEUE_NAME, passive=True).message_count == 1
+        message = channel.basic_get(config.QUEUE_NAME, no_ack=False)
+        assert message.headers["task"] == "proj.tasks.work" and json.loads(message.body)[0] == ["--help"]
+        channel.basic_reject(message.delivery_tag, requeue=True)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["queues"], ["dead", "list"], ["dead", "requeue", "--all"], ["lab", "round-robin"], ["demo"]],
+    ids=" ".join,
+)
+def test_every_proj_command_prints_the_line_of_a_malformed_setting(argv):
+    # When a proj command runs with a malformed setting (the line `celery` and `new-task` print)
+    out = subprocess.run(
+        [str(NEW_TASK.with_name("proj")), *argv],
+        env={**os.environ, "PROJ_SECONDS_PER_DOT": "abc", "CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    # Then it prints that line, not nothing, and exits non-zero without a traceback
+    assert out.returncode != 0
+    assert "proj: PROJ_SECONDS_PER_DOT='abc' is not a valid float: fix or unset it" in out.stderr.splitlines()
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("case", ["wrong-password", "unknown-vhost"])
+def test_worker_refused_by_the_broker_says_so_in_one_line_without_a_traceback(broker, case):
+    # Given a broker URL with a wrong password, or a vhost the broker does not have
+    url = (
+        f"amqp://guest:Wr0ng-pw-71@127.0.0.1:{broker.port}//"
+        if case == "wrong-password"
+        else f"amqp://guest:guest@127.0.0.1:{broker.port}/no-such-vhost"
+    )
+
+    # When a worker starts against it
+    worker = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "proj", "worker", "-n", "refused@%h"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "CELERY_BROKER_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    # Then it exits non-zero with one line naming the broker (password hidden) and what to check
+    output = worker.stdout + worker.stderr
+    assert worker.returncode != 0
+    (line,) = [line for line in worker.stderr.splitlines() if line.startswith("proj worker:")]
+    assert f"127.0.0.1:{broker.port}" in line
+    if case == "wrong-password":
+        assert "amqp://guest:***@" in line and "check the user name and password in CELERY_BROKER_URL" in line
+    else:
+        assert "no-such-vhost" in line and "check the vhost in CELERY_BROKER_URL" in line
+    # And no traceback, no CRITICAL log, no password
+    assert "Traceback" not in output and "CRITICAL" not in output and "Wr0ng-pw-71" not in output

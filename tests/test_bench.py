@@ -251,8 +251,8 @@ def test_an_out_folder_that_cannot_be_written_fails_before_any_broker_starts(tmp
     # When proj bench is asked to write there
     result = run_proj("bench", "--quick", "--out", str(blocker / "results"))
 
-    # Then it says so in one line and exits 1
-    assert result.returncode == 1, result.stderr
+    # Then it says so in one line and exits 2
+    assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0 and "cannot write to --out" in result.stderr
 
 

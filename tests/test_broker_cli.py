@@ -289,7 +289,7 @@ def test_started_node_serves_amqp_on_loopback_keeps_its_files_in_the_data_dir_an
         "--management-port",
         str(other_management_port),
     )
-    assert second.returncode == 1
+    assert second.returncode == 2
     assert second.stdout == ""
     assert len(second.stderr.splitlines()) == 1, second.stderr
     assert "already runs" in second.stderr and str(data_dir) in second.stderr
@@ -430,12 +430,13 @@ def test_start_on_a_taken_port_fails_in_one_line_naming_the_port(tmp_path, nodes
         result = proj("broker", "start", "--data-dir", str(data_dir), *(str(x) for kv in ports.items() for x in kv))
 
     # Then it refuses with one line naming the port, and starts nothing
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert f"port {ports[taken]}" in lines[0] and "taken" in lines[0]
-    assert not (data_dir / "rabbitmq.pid").exists()
+    # And leaves no data dir behind (it did not exist before)
+    assert not data_dir.exists(), list(data_dir.iterdir())
 
 
 def test_start_without_rabbitmq_installed_says_how_to_install_it(tmp_path, nodes):
@@ -461,7 +462,7 @@ def test_start_without_rabbitmq_installed_says_how_to_install_it(tmp_path, nodes
     )
 
     # Then it says, in one line, how to install RabbitMQ
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert "apt-get install" in lines[0] and "rabbitmq-server" in lines[0]

@@ -632,7 +632,7 @@ def test_procfile_worker_is_one_named_celery_worker_with_the_configured_concurre
     assert not {"-c", "--concurrency"} & set(argv) and not any(a.startswith("--concurrency=") for a in argv)
 
 
-def test_make_up_runs_honcho_start_with_the_env_file():
+def test_make_up_runs_the_procfile_with_the_env_file():
     # Given the Makefile, with this test's virtualenv
     venv = Path(sys.executable).parent.parent
 
@@ -644,10 +644,10 @@ def test_make_up_runs_honcho_start_with_the_env_file():
         timeout=COMPOSE_CLI_TIMEOUT,
     )
 
-    # Then it is honcho start, reading .env
+    # Then it is the Procfile runner (honcho start, stopping in order), reading .env
     assert result.returncode == 0, result.stderr
     commands = [line for line in result.stdout.splitlines() if not line.startswith("make")]
-    assert commands == ['exec honcho start --env ".env"'], result.stdout
+    assert commands == ['exec python -m proj.harness.stack --env ".env"'], result.stdout
 
 
 @pytest.mark.parametrize("target", ["demo", "test"])

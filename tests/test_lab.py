@@ -205,7 +205,29 @@ def test_every_chart_is_a_valid_png_and_an_html_page_naming_every_message(lab_al
         for t in run["tasks"]:
             assert html.escape(t["message"]) in text
     # And the JSON names its files
-    assert result["files"] == {"json": f"{scenario}.json", "png": f"{scenario}.png", "html": f"{scenario}.html"}
+    assert result["files"] == {
+        "json": f"{scenario}.json",
+        "png": f"{scenario}.png",
+        "chart": f"{scenario}-chart.png",
+        "html": f"{scenario}.html",
+    }
+    # And each verdict is stated once on the page: as text, not again in the embedded chart
+    with Image.open(png) as full, Image.open(out / f"{scenario}-chart.png") as chart:
+        assert chart.size[0] == full.size[0] and chart.size[1] < full.size[1]
+    for v in result["verdicts"]:
+        assert text.count(html.escape(v["detail"])) == 1
+
+
+def test_index_states_each_verdict_once_and_shows_the_charts_without_them(lab_all):
+    # Given the index page `proj lab all` wrote
+    out = lab_all[2]
+    index = (out / "index.html").read_text()
+
+    # Then every verdict is on it once, as text, and the charts it shows are those without the verdict lines
+    for scenario in SCENARIOS:
+        for v in record(out, scenario)["verdicts"]:
+            assert index.count(html.escape(v["detail"])) == 1, v["detail"]
+        assert f'src="{scenario}-chart.png"' in index and f'src="{scenario}.png"' not in index
 
 
 def processes_mentioning(*needles: str) -> list[int]:
@@ -254,8 +276,8 @@ def test_durability_with_an_existing_broker_says_it_cannot_restart_it(tmp_path):
         "durability", "--broker-url", f"amqp://guest:guest@127.0.0.1:{free_port()}//", "--out", str(tmp_path)
     ).finish(30)
 
-    # Then it refuses in one line, exit 1, before touching anything
-    assert status == 1
+    # Then it refuses in one line, exit 2 (cannot run), before touching anything
+    assert status == 2
     assert stdout == ""
     assert stderr.splitlines() == [
         "proj lab: durability restarts the broker, and the lab only restarts a broker it started itself: "
@@ -263,29 +285,29 @@ def test_durability_with_an_existing_broker_says_it_cannot_restart_it(tmp_path):
     ]
 
 
-def test_unreachable_broker_is_one_line_and_exit_1(tmp_path):
+def test_unreachable_broker_is_one_line_and_exit_2(tmp_path):
     # When the lab is pointed at a port nothing listens on
     status, stdout, stderr = Lab(
         "all", "--broker-url", f"amqp://guest:secret@127.0.0.1:{free_port()}//", "--out", str(tmp_path)
     ).finish(60)
 
-    # Then one line says what failed and what to do, without the password; exit 1
-    assert status == 1
+    # Then one line says what failed and what to do, without the password; exit 2 (cannot run)
+    assert status == 2
     (line,) = stderr.splitlines()
     assert line.startswith("proj lab: cannot reach the broker at amqp://guest:***@127.0.0.1:")
     assert "connection refused" in line and "secret" not in line
     assert "Traceback" not in stdout + stderr
 
 
-def test_broker_that_cannot_be_started_is_one_line_and_exit_1(tmp_path):
+def test_broker_that_cannot_be_started_is_one_line_and_exit_2(tmp_path):
     # Given no rabbitmq-server where PROJ_RABBITMQ_BIN points
     # When the lab tries to start its private broker
     status, stdout, stderr = Lab(
         "round-robin", "--out", str(tmp_path / "out"), env={"PROJ_RABBITMQ_BIN": str(tmp_path)}
     ).finish(60)
 
-    # Then one line, exit 1
-    assert status == 1
+    # Then one line, exit 2 (cannot run)
+    assert status == 2
     (line,) = stderr.splitlines()
     assert line.startswith("proj lab: could not start a private RabbitMQ: rabbitmq-server is not in PROJ_RABBITMQ_BIN")
     assert "Traceback" not in stdout + stderr
@@ -317,3 +339,32 @@ def test_round_robin_verdict_does_not_hold_when_one_worker_gets_every_message():
     assert verdict["detail"].startswith("w1 got 'First message.'")
     assert verdict["detail"].endswith("w2 got nothing (5 and 0 of 5; each delivered once)")
     assert rec.received_by(run) == {"w1@h": FIVE_MESSAGES, "w2@h": []}
+
+
+def test_labels_of_short_bars_side_by_side_at_the_right_edge_never_overlap_nor_cross_a_leader():
+    # Given the drained tasks of the durability chart: four short bars side by side at the right edge of a
+    # 17 s axis, each too short for its label, and a fifth on the same lane
+    from proj.lab.chart import _place_labels, _text_width_px
+
+    x_min, x_max, px_per_s = -0.3, 17.2, 1100 / 17.5
+    starts = [15.2, 15.3, 15.5, 15.8, 16.3]
+    bars = [{"x0": x0, "x1": x0 + 0.1 * n, "label": f"Message {n}" + "." * n} for n, x0 in enumerate(starts, start=1)]
+
+    # When their labels are placed
+    rows = _place_labels(bars, px_per_s, x_centre=(x_min + x_max) / 2)
+
+    # Then no two labels on one row overlap, none runs past the chart's edges, and no bar's leader line
+    # (from the bar up to its label's row) crosses the label of another bar
+    spans = []
+    for b in bars:
+        mid, width = (b["x0"] + b["x1"]) / 2, (_text_width_px(b["label"]) + 6) / px_per_s
+        assert 0 <= b["row"] < rows
+        left = mid - width if b["align"] == "right" else mid
+        spans.append((b["row"], left, left + width, mid))
+    for row, left, right, mid in spans:
+        assert x_min <= left and right <= x_max
+        for other_row, other_left, other_right, _ in spans:
+            if (other_row, other_left) != (row, left) and other_row == row:
+                assert right <= other_left or left >= other_right
+            if other_row < row:  # this leader passes through the lower rows
+                assert not other_left < mid < other_right

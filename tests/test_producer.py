@@ -113,7 +113,7 @@ def test_producer_that_cannot_publish_says_so_in_one_line_without_the_password(b
     elapsed = time.monotonic() - started
 
     # Then it fails fast with one line naming the broker, password hidden, and what failed
-    assert result.returncode == 1, result
+    assert result.returncode == 2, result
     assert elapsed < GIVE_UP_WITHIN, f"took {elapsed:.1f} s"
     assert result.stdout == ""
     lines = result.stderr.splitlines()

@@ -101,7 +101,7 @@ def test_message_over_the_size_limit_is_refused_before_anything_is_published(fre
 def test_new_task_refuses_an_oversized_message_in_one_line(fresh_queue, mgmt):
     env = {**os.environ, "CELERY_BROKER_URL": fresh_queue.url, "PROJ_MAX_MESSAGE_BYTES": "10"}
     out = subprocess.run([str(NEW_TASK), "A message longer than ten bytes."], env=env, capture_output=True, text=True)
-    assert out.returncode == 1
+    assert out.returncode == 2
     (line,) = out.stderr.splitlines()
     assert line.startswith("new-task: message refused:") and "PROJ_MAX_MESSAGE_BYTES=10" in line
     assert mgmt.queue(config.QUEUE_NAME) is None  # it never even connected

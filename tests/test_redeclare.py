@@ -47,8 +47,8 @@ def test_producer_facing_a_non_durable_task_queue_says_so_in_one_line(fresh_queu
     env = {**os.environ, "CELERY_BROKER_URL": fresh_queue.url}
     out = subprocess.run([str(NEW_TASK), "First message."], env=env, capture_output=True, text=True, timeout=30)
 
-    # Then it exits 1 with one line naming the queue and the argument, and nothing was published
-    assert out.returncode == 1
+    # Then it exits 2 with one line naming the queue and the argument, and nothing was published
+    assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()
     assert "task_queue" in line and "durable" in line
     with Connection(fresh_queue.url) as conn:

@@ -16,11 +16,7 @@ from pathlib import Path
 import click
 
 from proj.chaos.schedule import KINDS, NODE_KILL, RESTART_BROKER
-
-EXIT_OK = 0
-EXIT_FAILED = 1  # the count found a lost, unexpected or unexplained task, or a message left over
-EXIT_ERROR = 2  # the run could not be carried out
-EXIT_INTERRUPTED = 130
+from proj.cli.exits import CANNOT_RUN, FAILED, INTERRUPTED, OK
 
 
 @click.command()
@@ -34,6 +30,7 @@ EXIT_INTERRUPTED = 130
 @click.option(
     "--broker-url",
     default=None,
+    metavar="URL",
     help="Use this running broker (its task_queue empty and idle) instead of a private node; no broker restarts.",
 )
 @click.option(
@@ -61,7 +58,7 @@ def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, cluste
 
     Faults: SIGKILL a worker, SIGKILL a pool child, SIGQUIT (cold shutdown), SIGTERM (warm
     shutdown), broker restart. Exit status 0 only if no task was lost, none ran unpublished, every
-    duplicate run is explained by a fault and task_queue ends empty.
+    duplicate run is explained by a fault and task_queue ends empty; 1 if not; 2 if it could not run.
     """
     from proj.chaos.run import Chaos, ChaosError, Settings
 
@@ -91,10 +88,10 @@ def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, cluste
     except ChaosError as exc:
         where = f" (run dir {run.run_dir})" if run.run_dir else ""
         click.echo(f"proj chaos: {exc}{where}", err=True)
-        sys.exit(EXIT_ERROR)
+        sys.exit(CANNOT_RUN)
     except KeyboardInterrupt:
         click.echo(f"proj chaos: interrupted; what ran is in {run.run_dir}", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(INTERRUPTED)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if as_json:
@@ -102,7 +99,7 @@ def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, cluste
     else:
         for line in summary(report):
             click.echo(line)
-    sys.exit(EXIT_OK if report["ok"] else EXIT_FAILED)
+    sys.exit(OK if report["ok"] else FAILED)
 
 
 def _interrupt(signum, frame):
@@ -111,7 +108,7 @@ def _interrupt(signum, frame):
 
 def _refuse(line: str) -> None:
     click.echo(f"proj chaos: {line}", err=True)
-    sys.exit(EXIT_ERROR)
+    sys.exit(CANNOT_RUN)
 
 
 def _s(x) -> str:

@@ -16,9 +16,11 @@ import contextlib
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
+from proj.cli.exits import CANNOT_RUN, FAILED, INTERRUPTED, OK
 from proj.console import READY_LINE, say
 from proj.harness.events import EventRecorder
 from proj.harness.workers import WorkerProcess
@@ -59,13 +61,19 @@ def run(seconds_per_dot: float = 0.2, workers: int = 2) -> int:
         for host in sorted(by_worker):
             say(f" [x] {host} received " + ", ".join(repr(m) for m in by_worker[host]))
         say(" [*] Round-robin: each worker got every other message, one at a time (prefetch 1).")
-        return 0
+        return OK
     except BrokerError as exc:
-        print(f"proj demo: {exc}")
-        return 1
+        print(f"proj demo: {exc}", file=sys.stderr)
+        return CANNOT_RUN
+    except TimeoutError as exc:  # a worker never became ready, or the five messages were not all done
+        print(f"proj demo: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return FAILED
+    except RuntimeError as exc:  # a worker exited at start-up (a bad setting, say)
+        print(f"proj demo: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return CANNOT_RUN
     except KeyboardInterrupt:
         say(" [*] Interrupted")
-        return 130
+        return INTERRUPTED
     finally:
         if recorder is not None:
             recorder.stop()

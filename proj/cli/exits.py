@@ -12,3 +12,5 @@ FAILED = 1
 #: Bad usage (click's own status for a bad option), or it cannot run: a bad setting, a broker that cannot
 #: be reached or refuses, a node that cannot start.
 CANNOT_RUN = 2
+#: Interrupted by Ctrl+C or SIGTERM, after stopping everything it started: the shell's own status for SIGINT.
+INTERRUPTED = 130

@@ -1,7 +1,7 @@
 """``proj lab SCENARIO``: run one of the tutorial's experiments (or all) and report it.
 
-Exit status: 0 every verdict holds; 1 the broker could not be started or reached, or a scenario
-could not run; 3 a verdict did not hold; 130 interrupted (everything started is stopped first).
+Exit status (proj/cli/exits.py): 0 every verdict holds; 1 a verdict did not hold; 2 the broker could not
+be started or reached, or a scenario could not run; 130 interrupted (everything started is stopped first).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-EXIT_OK, EXIT_FAILED, EXIT_VERDICT, EXIT_INTERRUPTED = 0, 1, 3, 130
+from proj.cli.exits import CANNOT_RUN, FAILED, INTERRUPTED, OK
+
 SCENARIO_NAMES = ("round-robin", "fair-dispatch", "redelivery", "durability")
 DEFAULT_SECONDS_PER_DOT = 0.1
 
@@ -78,8 +79,8 @@ def lab(ctx, scenario, workers, seconds_per_dot, real_time, broker_url, out_dir,
       durability     tasks enqueued with no worker, the broker restarted, queue depth before/after
       all            every scenario in turn, one summary at the end
 
-    Exit status: 0 every verdict holds, 1 the broker could not be started or reached,
-    3 a verdict did not hold, 130 interrupted.
+    Exit status: 0 every verdict holds, 1 a verdict did not hold, 2 the broker could not be
+    started or reached, 130 interrupted.
     """
     if real_time:
         if ctx.get_parameter_source("seconds_per_dot") is click.core.ParameterSource.COMMANDLINE:
@@ -113,13 +114,13 @@ def run(scenario: str, options, *, seconds_per_dot: float, broker_url: str | Non
 
     if scenario == "durability" and broker_url:
         fail(CANNOT_RESTART)
-        return EXIT_FAILED
+        return CANNOT_RUN
     names = list(SCENARIO_NAMES) if scenario == "all" else [scenario]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"cannot write to --out {out_dir}: {exc.strerror}")
-        return EXIT_FAILED
+        return CANNOT_RUN
 
     began = time.monotonic()
     session = Lab(broker_url=broker_url, seconds_per_dot=seconds_per_dot, out_dir=out_dir, echo=echo)
@@ -137,14 +138,14 @@ def run(scenario: str, options, *, seconds_per_dot: float, broker_url: str | Non
             echo(f"   chart: {paths.get('html')}" + (f", {paths['png']}" if "png" in paths else ""))
     except LabError as exc:
         fail(str(exc))
-        return EXIT_FAILED
+        return CANNOT_RUN
     except (OSError, OperationalError) as exc:  # the broker went away mid-run
         fail(f"lost the broker at {hide_password(session.url)}: {describe_broker_error(exc)}")
-        return EXIT_FAILED
+        return CANNOT_RUN
     except (KeyboardInterrupt, Interrupted):
         echo()
         echo(" [*] Interrupted: stopping the workers" + (" and the broker" if session.private else ""))
-        return EXIT_INTERRUPTED
+        return INTERRUPTED
     finally:
         with no_interrupts():
             session.close()
@@ -160,4 +161,4 @@ def run(scenario: str, options, *, seconds_per_dot: float, broker_url: str | Non
                 echo(line)
         echo(f" [*] Charts and records: {index} (open it in a browser), {out_dir}/*.png, {out_dir}/*.json")
     ok = all(report.holds(r) for r in results)
-    return EXIT_OK if ok else EXIT_VERDICT
+    return OK if ok else FAILED

@@ -8,12 +8,9 @@ from pathlib import Path
 
 import click
 
+from proj.cli.exits import CANNOT_RUN, FAILED, INTERRUPTED, OK
 from proj.rabbit import node as broker_mod
 from proj.rabbit.management import hide_password
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-
 
 #: Commands that live in their own modules, imported only when used ("module:attribute").
 #: A module that is not there (yet) is left out of the command list.
@@ -27,7 +24,21 @@ LAZY_COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
+class Group(click.Group):
+    """A click group that lists each subcommand's whole summary, wrapped, instead of cutting it at 80 columns."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class LazyGroup(Group):
     """A click group that imports a subcommand's module only when that subcommand runs."""
 
     def _lazy(self, name: str) -> click.Command | None:
@@ -81,11 +92,12 @@ def _node(data_dir: Path, port: int | None, management_port: int | None, node_na
 
 
 def _fail(message: str) -> None:
+    """Bad usage, or the broker command cannot do what it was asked: one line, exit status 2."""
     click.echo(f"proj: {message}", err=True)
-    sys.exit(EXIT_FAILED)
+    sys.exit(CANNOT_RUN)
 
 
-@cli.group()
+@cli.group(cls=Group)
 def broker() -> None:
     """A private RabbitMQ node on 127.0.0.1, all its files in one data dir."""
 
@@ -96,6 +108,16 @@ cluster_option = click.option(
     type=click.IntRange(3, 7),
     default=None,
     help="A cluster of N nodes (3 to 7) in the data dir: node i on --port + i - 1, --management-port + i - 1.",
+)
+
+
+#: stop and status find a cluster in the data dir by themselves; --cluster N only names its size.
+found_cluster_option = click.option(
+    "--cluster",
+    "cluster_size",
+    type=click.IntRange(3, 7),
+    default=None,
+    help="The data dir's cluster of N nodes (3 to 7); found there without this option too.",
 )
 
 
@@ -151,7 +173,7 @@ def _print_cluster_started(cluster) -> None:
 
 @broker.command()
 @data_dir_option
-@cluster_option
+@found_cluster_option
 def stop(data_dir, cluster_size) -> None:
     """Stop the node (or every node of the cluster) of a data dir (its data stays)."""
     try:
@@ -191,18 +213,14 @@ def restart(data_dir, port, management_port, node_name, cluster_size) -> None:
     _print_started(node)
 
 
-#: `proj broker status --cluster`: exit status when some nodes of the cluster are down.
-EXIT_DEGRADED = 3
-
-
 @broker.command()
 @data_dir_option
-@cluster_option
+@found_cluster_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(data_dir, cluster_size, as_json) -> None:
     """Say whether the node (or cluster) of a data dir runs, and on which ports.
 
-    Exit status 1 if it does not run; for a cluster, 3 if some of its nodes are down.
+    Exit status 0 if it runs (every node of a cluster), 1 if it does not (or some nodes are down).
     """
     try:
         cluster = _cluster(data_dir, cluster_size)
@@ -226,7 +244,7 @@ def status(data_dir, cluster_size, as_json) -> None:
         click.echo(f"PROJ_MANAGEMENT_URL={info['management_url']}")
     else:
         click.echo(f" [*] no node running from {info['data_dir']}")
-    sys.exit(EXIT_OK if info["running"] else EXIT_FAILED)
+    sys.exit(OK if info["running"] else FAILED)
 
 
 def _cluster_status(cluster, as_json: bool) -> None:
@@ -235,7 +253,7 @@ def _cluster_status(cluster, as_json: bool) -> None:
     info["management_url"] = hide_password(info["management_url"])
     for node in info["nodes"]:
         node["url"], node["management_url"] = hide_password(node["url"]), hide_password(node["management_url"])
-    code = {"healthy": EXIT_OK, "down": EXIT_FAILED}.get(info["health"], EXIT_DEGRADED)
+    code = OK if info["health"] == "healthy" else FAILED  # the JSON and the first line say which nodes
     if as_json:
         click.echo(json.dumps(info, indent=2))
         sys.exit(code)
@@ -303,7 +321,13 @@ def start_node(data_dir, number) -> None:
 
 @cli.command()
 @click.option("--seconds-per-dot", type=float, default=0.2, show_default=True, help="Work time of one '.'.")
-@click.option("--workers", type=click.IntRange(1, 8), default=2, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 8),
+    default=2,
+    show_default=True,
+    help="Workers (one process each) sharing the five messages round-robin.",
+)
 def demo(seconds_per_dot, workers) -> None:
     """Private broker, two workers, the tutorial's five messages: who got which."""
     from proj.cli.demo import run
@@ -312,17 +336,26 @@ def demo(seconds_per_dot, workers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``proj`` command; its exit status follows proj/cli/exits.py (README, "Exit statuses")."""
     try:
-        cli.main(args=argv, prog_name="proj", standalone_mode=False)
-    except click.exceptions.Abort:
+        code = cli.main(args=argv, prog_name="proj", standalone_mode=False)
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            return INTERRUPTED
         click.echo("Aborted.", err=True)
-        return EXIT_FAILED
+        return FAILED
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_FAILED
-    return EXIT_OK
+        if exc.code is None:
+            return OK
+        if isinstance(exc.code, int):
+            return exc.code
+        # SystemExit("one line"), as Python would print it: never swallow what the user must read.
+        click.echo(str(exc.code), err=True)
+        return CANNOT_RUN
+    return code if isinstance(code, int) else OK
 
 
 if __name__ == "__main__":

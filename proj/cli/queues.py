@@ -270,7 +270,7 @@ def _watch(
 @click.option("--json", "as_json", is_flag=True, help="Print the queues as JSON.")
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl+C.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, hidden=True, help="Seconds between refreshes.")
-@click.option("--count", type=click.IntRange(min=1), default=None, hidden=True, help="Stop watching after N refreshes.")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop watching after N refreshes.")
 def queues(names, show_all, as_json, watch, interval, count) -> None:
     """The tutorial's `rabbitmqctl list_queues name messages_ready messages_unacknowledged`.
 

@@ -9,6 +9,7 @@ has a ``task_queue`` lane with one row per message waiting in the queue.
 
 from __future__ import annotations
 
+import itertools
 import textwrap
 from pathlib import Path
 
@@ -95,28 +96,50 @@ def _held(run: dict, host: str) -> list[tuple[float, float]]:
     return out
 
 
-def _place_labels(bars: list[dict], px_per_s: float) -> int:
-    """Inside the bar if it fits, else the lowest label row above it that is free; returns rows used."""
+def _place_labels(bars: list[dict], px_per_s: float, x_centre: float = 0.0) -> int:
+    """Inside the bar if it fits, else in the lowest label row above it where it overlaps no other label and
+    no other bar's leader line; returns the rows used.
+
+    A label outside its bar hangs from the bar's middle toward the middle of the chart: ending there
+    (``align`` "right") in the right half, starting there in the left half. Short bars side by side at the
+    chart's edge (the drained tasks of ``proj lab durability``) then get a staircase of labels, each
+    beside its own leader line, none on top of another nor past the edge.
+    """
     taken: list[list[tuple[float, float]]] = []
+    leaders: list[tuple[float, int]] = []  # (x, the row its label is on): the line crosses every row below
+    outside = []
     for b in bars:
         width_s = (_text_width_px(b["label"]) + 6) / px_per_s
+        mid = (b["x0"] + b["x1"]) / 2
         if width_s <= b["x1"] - b["x0"]:
             b["row"] = -1
             continue
-        centre = (b["x0"] + b["x1"]) / 2
-        span = (centre - width_s / 2, centre + width_s / 2)
-        for row, spans in enumerate(taken):
-            if all(span[1] <= s[0] or span[0] >= s[1] for s in spans):
-                spans.append(span)
-                b["row"] = row
-                break
-        else:
-            taken.append([span])
-            b["row"] = len(taken) - 1
+        b["align"] = "right" if mid > x_centre else "left"
+        span = (mid - width_s, mid) if b["align"] == "right" else (mid, mid + width_s)
+        outside.append((b, mid, span))
+    # Toward the edge first on each side, so each later leader line passes beside the labels below it.
+    outside.sort(key=lambda item: item[1] if item[0]["align"] == "right" else -item[1])
+
+    def fits(row: int, mid: float, span: tuple[float, float], strict: bool) -> bool:
+        spans = taken[row] if row < len(taken) else []
+        free = all(span[1] <= s[0] or span[0] >= s[1] for s in spans)
+        crossed = any(span[0] < x < span[1] and row < top for x, top in leaders)
+        clear_below = not any(s[0] < mid < s[1] for lower in taken[:row] for s in lower)
+        return free and not crossed and (clear_below or not strict)
+
+    for b, mid, span in outside:
+        row = next((r for r in range(len(taken) + 1) if fits(r, mid, span, True)), None)
+        if row is None:  # no row keeps this leader clear of every label below: at least overlap nothing
+            row = next(r for r in itertools.count() if fits(r, mid, span, False))
+        while len(taken) <= row:
+            taken.append([])
+        taken[row].append(span)
+        leaders.append((mid, row))
+        b["row"] = row
     return len(taken)
 
 
-def _layout(run: dict, px_per_s: float) -> tuple[list[dict], float]:
+def _layout(run: dict, px_per_s: float, x_centre: float = 0.0) -> tuple[list[dict], float]:
     """Lanes from the bottom up, each with its y positions; returns (lanes, height in y units)."""
     lanes = []
     y = 0.0
@@ -125,7 +148,7 @@ def _layout(run: dict, px_per_s: float) -> tuple[list[dict], float]:
         bars, held = _bars(run, host), _held(run, host)
         held_rows = _rows(held)
         depth = max(held_rows) + 1 if held else 0
-        label_rows = _place_labels(bars, px_per_s)
+        label_rows = _place_labels(bars, px_per_s, x_centre)
         bar_y = y + PAD + depth * HELD_ROW
         height = PAD + depth * HELD_ROW + BAR_H + label_rows * LABEL_ROW + PAD
         prefetch = "unlimited" if w.get("prefetch") == 0 else w.get("prefetch")
@@ -170,8 +193,11 @@ def _title(run: dict) -> str:
     return text
 
 
-def render_png(result: dict, path: Path) -> Path:
-    """Write the scenario's timeline chart to ``path`` (PNG) and return it."""
+def render_png(result: dict, path, verdicts: bool = True):
+    """Write the scenario's timeline chart to ``path`` (PNG: a file name or a binary file) and return it.
+
+    ``verdicts=False`` leaves the verdict lines out, for a page that states them as text already.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,10 +216,10 @@ def render_png(result: dict, path: Path) -> Path:
             label_s = (_text_width_px(f" makespan {span:.2f} s") + 8) / px_per_s
             x_max = max(x_max, begin - r["t0"] + span + label_s)
     px_per_s = axes_px / (x_max - x_min)
-    layouts = [_layout(r, px_per_s) for r in runs]
+    layouts = [_layout(r, px_per_s, (x_min + x_max) / 2) for r in runs]
 
     verdict_lines: list[tuple[str, str]] = []  # (text, colour)
-    for v in result["verdicts"]:
+    for v in result["verdicts"] if verdicts else []:
         head, colour = ("HOLDS", "#1a7f37") if v["holds"] else ("DOES NOT HOLD", "#b00020")
         verdict_lines += [(line, colour) for line in textwrap.wrap(f"{head}: \u201c{v['claim']}\u201d", 165)]
         verdict_lines += [
@@ -246,7 +272,8 @@ def render_png(result: dict, path: Path) -> Path:
         fig.text(
             LEFT_IN / WIDTH_IN, (0.19 * (len(verdict_lines) - i) - 0.08) / height_in, line, fontsize=FONT, color=colour
         )
-    path = Path(path)
+    if isinstance(path, str | Path):
+        path = Path(path)
     fig.savefig(path, format="png", dpi=DPI)
     plt.close(fig)
     return path
@@ -300,9 +327,17 @@ def _draw_run(ax, run: dict, lanes: list[dict], height: float, x_min: float, x_m
                 )
             else:
                 label_y = lane["bar_y"] + BAR_H + (b["row"] + 0.5) * LABEL_ROW
-                if b["row"] > 0:
-                    ax.plot([mid, mid], [lane["bar_y"] + BAR_H, label_y - 0.1], color="#999999", lw=0.6, zorder=2)
-                ax.text(mid, label_y, b["label"], ha="center", va="center", fontsize=FONT, zorder=4)
+                ax.plot([mid, mid], [lane["bar_y"] + BAR_H, label_y], color="#999999", lw=0.6, zorder=2)
+                ax.annotate(
+                    b["label"],
+                    (mid, label_y),
+                    xytext=(-3 if b["align"] == "right" else 3, 0),
+                    textcoords="offset points",
+                    ha=b["align"],
+                    va="center",
+                    fontsize=FONT,
+                    zorder=4,
+                )
         ticks.append(centre_y)
         names.append(lane["name"])
     ax.set_yticks(ticks, names)

@@ -118,8 +118,9 @@ img { max-width: 100%; border: 1px solid #eee; }
 """
 
 
-def html_page(result: dict, png: Path | None) -> str:
-    """A self-contained page: verdicts, the chart (embedded), and a table naming every message."""
+def html_page(result: dict, png: bytes | None) -> str:
+    """A self-contained page: verdicts, the chart (embedded, ``png``: without its verdict lines, which the page
+    states as text), and a table naming every message."""
     e = html.escape
     parts = [
         "<!doctype html>",
@@ -139,7 +140,7 @@ def html_page(result: dict, png: Path | None) -> str:
             f"<strong>{word}</strong>: {e(v['detail'])}</div>"
         )
     if png is not None:
-        data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
+        data = base64.b64encode(png).decode("ascii")
         parts.append(f'<p><img alt="timeline of {e(result["scenario"])}" src="data:image/png;base64,{data}"></p>')
     for (label, table), run in zip(rows(result), result["runs"]):
         parts.append(f"<h2>{e(label)}</h2>")
@@ -165,8 +166,17 @@ def html_page(result: dict, png: Path | None) -> str:
     return "\n".join(parts)
 
 
+def chart_name(scenario: str) -> str:
+    """The file of a scenario's chart without its verdict lines."""
+    return f"{scenario}-chart.png"
+
+
 def write_files(result: dict, out_dir: Path) -> dict[str, Path]:
-    """``NAME.json``, ``NAME.png`` and ``NAME.html`` in ``out_dir``; returns their paths."""
+    """``NAME.json``, ``NAME.png``, ``NAME-chart.png`` and ``NAME.html`` in ``out_dir``; returns their paths.
+
+    ``NAME.png`` stands alone, so it carries the verdicts; ``NAME-chart.png`` is the same chart without
+    them, for the pages (``NAME.html`` embeds it, ``index.html`` shows it), which state them as text.
+    """
     from proj.lab.chart import render_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,8 +184,9 @@ def write_files(result: dict, out_dir: Path) -> dict[str, Path]:
     paths = {"json": out_dir / f"{name}.json"}
     png = None
     if result["runs"]:
-        png = render_png(result, out_dir / f"{name}.png")
-        paths["png"] = png
+        paths["png"] = render_png(result, out_dir / f"{name}.png")
+        paths["chart"] = render_png(result, out_dir / chart_name(name), verdicts=False)
+        png = paths["chart"].read_bytes()
     paths["html"] = out_dir / f"{name}.html"
     paths["html"].write_text(html_page(result, png), encoding="utf-8")
     result = {**result, "files": {k: p.name for k, p in paths.items()}}
@@ -205,7 +216,10 @@ def write_index(results: list[dict], out_dir: Path, elapsed: float) -> Path:
         for v in r["verdicts"]:
             cls = "holds" if v["holds"] else "fails"
             parts.append(f'<div class="verdict {cls}">\u201c{e(v["claim"])}\u201d<br>{e(v["detail"])}</div>')
-        parts.append(f'<p><a href="{e(r["scenario"])}.html"><img alt="" src="{e(r["scenario"])}.png"></a></p>')
+        # The chart without its verdict lines: they are stated just above, once.
+        if (out_dir / chart_name(r["scenario"])).exists():
+            chart = e(chart_name(r["scenario"]))
+            parts.append(f'<p><a href="{e(r["scenario"])}.html"><img alt="" src="{chart}"></a></p>')
     parts.append("</body></html>")
     path = out_dir / "index.html"
     path.write_text("\n".join(parts), encoding="utf-8")

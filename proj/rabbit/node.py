@@ -260,7 +260,7 @@ class Node:
     def start(self, timeout: float = START_TIMEOUT) -> Node:
         """Start the node in the background; return once it accepts AMQP connections."""
         bin_dir = find_rabbitmq_bin()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Every refusal comes before the data dir is created: a refused start leaves nothing behind.
         state = self._read_state()
         if pid_alive(state.get("pid")):
             raise BrokerError(
@@ -273,6 +273,7 @@ class Node:
                     f"{name} port {port} on 127.0.0.1 is taken: stop what listens there or pick another "
                     f"with --{'port' if name == 'AMQP' else 'management-port'}"
                 )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self._choose_ports(state)
         self._write_config()
         (self.data_dir / "log").mkdir(exist_ok=True)
