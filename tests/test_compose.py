@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -146,18 +147,30 @@ class Events:
         self.events: list[dict] = []
         self.lock = threading.Lock()
         self.receiver = None
+        self.thread: threading.Thread | None = None
         self.stopped = False
-        self.thread = threading.Thread(target=self._run, name="compose-events", daemon=True)
+        self.ready = threading.Event()
 
     def start(self) -> Events:
+        """Subscribe, and return once the event queue is consumed (no event sent later is missed)."""
+        self.stopped = False
+        self.ready.clear()
+        self.thread = threading.Thread(target=self._run, name="compose-events", daemon=True)
         self.thread.start()
+        assert self.ready.wait(TIMEOUT), f"no event subscription to {self.url} within {TIMEOUT} s"
         return self
 
     def stop(self) -> None:
         self.stopped = True
         if self.receiver is not None:
             self.receiver.should_stop = True
-        self.thread.join(10)
+        if self.thread is not None:
+            self.thread.join(10)
+
+    def resubscribe(self) -> None:
+        """After a broker restart: a new subscription at once (the receiver's own retries back off to 30 s)."""
+        self.stop()
+        self.start()
 
     def _run(self) -> None:
         while not self.stopped:
@@ -165,6 +178,15 @@ class Events:
                 with Connection(self.url, heartbeat=10) as conn:
                     self.receiver = self.app.events.Receiver(conn, handlers={"*": self._on})
                     self.receiver.should_stop = self.stopped
+                    context = self.receiver.consumer_context
+
+                    @contextlib.contextmanager
+                    def announced(**kwargs):
+                        with context(**kwargs) as consuming:
+                            self.ready.set()
+                            yield consuming
+
+                    self.receiver.consumer_context = announced
                     self.receiver.run(wakeup=False)
             except Exception:
                 time.sleep(0.5)
@@ -245,7 +267,9 @@ class Stack:
     # -- containers ------------------------------------------------------------------------------
 
     def containers(self, service: str) -> list[str]:
-        return self.compose("ps", "-q", service).stdout.split()
+        """The service's containers, running or not (by compose's labels: quicker than `compose ps -q`)."""
+        labels = [f"label=com.docker.compose.{k}={v}" for k, v in (("project", self.project), ("service", service))]
+        return sorted(docker("ps", "-aq", "--no-trunc", *(a for label in labels for a in ("--filter", label))).split())
 
     def inspect(self, container: str, template: str) -> str:
         return docker("inspect", "-f", template, container).strip()
@@ -503,6 +527,7 @@ def test_broker_container_recreated_on_its_volume_keeps_the_queued_persistent_ta
     whole.compose("rm", "-f", "rabbitmq")
     whole.compose("up", "-d", "--no-deps", "rabbitmq")
     whole.wait_healthy()
+    events.resubscribe()
     (after,) = whole.containers("rabbitmq")
 
     # Then the new broker has the three tasks (durable queue, persistent messages)
@@ -536,6 +561,7 @@ def test_worker_containers_started_before_the_broker_is_healthy_wait_for_it_and_
     # And once the broker is started and healthy, they consume by themselves
     docker("start", broker)
     whole.wait_healthy()
+    events.resubscribe()
     whole.wait_consumers(WORKERS)
     (uuid,) = publish(app, whole.url, ["After the broker."])
     wait_until(lambda: events.hosts(uuid, "succeeded"), "a task sent after the broker came up is done")
