@@ -745,6 +745,15 @@ def readme_compose_commands() -> list[str]:
     return [re.sub(r"\s+#.*$", "", c).strip() for c in lines + inline if is_command.search(c)]
 
 
+def global_options(args: list[str]) -> list[str]:
+    """A compose command line's options before its subcommand: ``-f FILE -p NAME`` of ``-f FILE -p NAME up -d``."""
+    with_value = {"-f", "--file", "-p", "--project-name", "--env-file", "--profile", "--project-directory"}
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 2 if args[i] in with_value else 1
+    return args[:i]
+
+
 def test_readme_compose_commands_work_with_the_compose_file_and_env_example(services, tmp_path):
     # Given each compose command in the README
     commands = readme_compose_commands()
@@ -754,8 +763,8 @@ def test_readme_compose_commands_work_with_the_compose_file_and_env_example(serv
         first = next(i for i, w in enumerate(words) if w in ("docker", "docker-compose"))
         assignments = dict(w.split("=", 1) for w in words[:first] if "=" in w)
         args = words[words.index("compose") + 1 :] if "compose" in words else words[words.index("docker-compose") + 1 :]
-        # The files it names with -f (docker-compose.yml when none), each one of the repository's
-        files = tuple(REPO_ROOT / f for f in option_value(args, "-f", "--file")) or (COMPOSE_FILE,)
+        # The files it names with -f before its subcommand (docker-compose.yml when none), each one of the repository's
+        files = tuple(REPO_ROOT / f for f in option_value(global_options(args), "-f", "--file")) or (COMPOSE_FILE,)
         assert set(files) <= {COMPOSE_FILE, LOCAL_COMPOSE_FILE} and files[0] == COMPOSE_FILE, command
 
         # Then the services it scales exist, and so do the variables it sets
