@@ -5,6 +5,7 @@
 #   proj-local/rabbitmq:local    docker/rabbitmq/Dockerfile: Debian's rabbitmq-server 3.10.8, management plugin
 #   proj-local/python:local      docker/python/Dockerfile: Debian's python3, a virtualenv at /opt/venv
 #   proj-local/app:local         the project's ./Dockerfile with --build-arg BASE=proj-local/python:local
+#   proj-local/celery-worker:local  docker/celery-worker/Dockerfile: the app plus psutil, for pytest-celery
 #
 # Each image is labelled with a hash of its inputs (proj.inputs: its files, and its base's hash);
 # an image whose label matches is kept, so a second run builds nothing. pip inside the app build trusts
@@ -131,3 +132,7 @@ if [ -s "$CA_BUNDLE" ]; then secret=(--secret "id=ca-bundle,src=$CA_BUNDLE"); fi
 build "$PREFIX/app:local" \
   "$(inputs_hash "$python_hash" Dockerfile .dockerignore pyproject.toml README.md proj flowerconfig.py)" \
   --build-arg "BASE=$PREFIX/python:local" "${secret[@]}" -f Dockerfile .
+
+# pytest-celery's worker for tests/test_celery_setup.py: the app image plus psutil.
+build "$PREFIX/celery-worker:local" "$(inputs_hash "$(built_hash "$PREFIX/app:local")" docker/celery-worker)" \
+  --build-arg "BASE=$PREFIX/app:local" "${secret[@]}" docker/celery-worker

@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -344,11 +345,18 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             pytest.fail(f"CI=true, and the container tests cannot run: {reason}")
         pytest.skip(reason)
     stack = Stack(tmp_path_factory.mktemp("compose"))
+    # A SIGTERM to pytest (a CI job cancelled) becomes Ctrl+C, whose unwinding runs the teardown below.
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         stack.up()
         yield stack
     finally:
         stack.down()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="module")
