@@ -348,7 +348,11 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     # A SIGTERM to pytest (a CI job cancelled) becomes Ctrl+C, whose unwinding runs the teardown below.
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        stack.up()
+        try:
+            stack.up()
+        except AssertionError as exc:
+            tail = stack.compose("logs", "--no-color", "--tail=40", check=False)
+            raise AssertionError(f"{exc}\n-- the stack's last log lines --\n{tail.stdout}{tail.stderr}") from None
         yield stack
     finally:
         stack.down()
