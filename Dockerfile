@@ -2,7 +2,11 @@
 #
 #   docker build -t proj .
 #   docker run --rm -e CELERY_BROKER_URL=amqp://USER:PASSWORD@HOST:5672// proj
-FROM python:3.11-slim
+#
+# BASE is Python 3.11 with pip first on PATH. Keep the default; ./dev.sh images builds this file on a
+# local image (--build-arg BASE=proj-local/python:local) where no registry is reachable.
+ARG BASE=python:3.11-slim
+FROM ${BASE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -17,7 +21,12 @@ WORKDIR /src
 # compose files does not rebuild this layer.
 COPY pyproject.toml README.md ./
 COPY proj ./proj
-RUN pip install .
+# A CA bundle given as the build secret `ca-bundle` (docker build --secret id=ca-bundle,src=FILE) is
+# what pip trusts, for networks that intercept TLS. A secret is mounted for this RUN only: it is in
+# no layer of the image. Without it pip uses its own bundle.
+RUN --mount=type=secret,id=ca-bundle \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && pip install .
 
 USER proj
 WORKDIR /home/proj

@@ -4,6 +4,7 @@
 #   ./dev.sh demo    virtualenv + package + rabbitmq-server, then `proj demo` and `proj lab all`
 #   ./dev.sh test    the same set-up, then the linters and the whole test suite
 #   ./dev.sh setup   only the set-up
+#   ./dev.sh images  a Docker engine and the local images docker-compose.local.yml runs (docker/build-images.sh)
 #
 # Works on a fresh Debian or Ubuntu machine with Python 3.11: installs what is missing with
 # apt-get (as root, or through sudo) and pip (into ./.venv). Nothing is started as a service.
@@ -73,6 +74,61 @@ setup() {
   ensure_venv
 }
 
+# -- containers: Debian's Docker engine, started by hand; images built with no registry -------------
+
+DOCKERD_PID=${PROJ_DOCKERD_PID:-/run/proj-dockerd.pid}
+DOCKERD_LOG=${PROJ_DOCKERD_LOG:-/var/log/proj-dockerd.log}
+dockerd_started=""
+
+ensure_docker_tools() {
+  local missing=()
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+  command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]} with apt-get"
+    apt_install "${missing[@]}"
+  fi
+}
+
+# A Docker engine: the one that answers, else dockerd started here (no init system runs it).
+ensure_dockerd() {
+  if docker info >/dev/null 2>&1; then
+    return
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    echo "dev.sh: no Docker engine answers, and starting one needs root" >&2
+    return 1
+  fi
+  local start=$SECONDS i
+  # Its own session (Ctrl+C in this terminal does not reach it); dockerd writes its PID file itself.
+  setsid dockerd --pidfile "$DOCKERD_PID" >>"$DOCKERD_LOG" 2>&1 </dev/null &
+  for i in $(seq 300); do
+    docker info >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  if ! docker info >/dev/null 2>&1; then
+    echo "dev.sh: dockerd did not answer within 30 s; see $DOCKERD_LOG" >&2
+    return 1
+  fi
+  dockerd_started=$(cat "$DOCKERD_PID")
+  say "started dockerd (PID $dockerd_started) in $((SECONDS - start)) s, log in $DOCKERD_LOG; stop it: kill \$(cat $DOCKERD_PID)"
+}
+
+stop_dockerd_we_started() {
+  if [ -n "$dockerd_started" ] && kill -0 "$dockerd_started" 2>/dev/null; then
+    say "stopping the dockerd this script started (PID $dockerd_started)"
+    kill "$dockerd_started"
+    local i
+    for i in $(seq 300); do kill -0 "$dockerd_started" 2>/dev/null || break; sleep 0.2; done
+    rm -f "$DOCKERD_PID"
+  fi
+}
+
+images() {
+  ensure_docker_tools && ensure_dockerd && docker/build-images.sh
+}
+
 case "${1:-}" in
   setup)
     setup
@@ -85,16 +141,23 @@ case "${1:-}" in
     say "now every tutorial experiment, with charts: proj lab all"
     exec "$VENV/bin/proj" lab all
     ;;
+  images)
+    images
+    ;;
   test)
     setup
     ensure_test_tools
     shift
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
-    exec "$VENV/bin/python" -m pytest "$@"
+    # The container tests (tests/test_compose.py) need the images; where they cannot be built they
+    # skip with the reason (under CI=true they fail). A dockerd started here is stopped at the end.
+    trap stop_dockerd_we_started EXIT
+    images || say "no container images (see above): tests/test_compose.py will say why"
+    "$VENV/bin/python" -m pytest "$@"
     ;;
   *)
-    echo "usage: ./dev.sh demo | test [pytest args] | setup" >&2
+    echo "usage: ./dev.sh demo | test [pytest args] | setup | images" >&2
     exit 2
     ;;
 esac

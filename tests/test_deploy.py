@@ -29,6 +29,7 @@ from proj.rabbit.management import management_url_from_broker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+LOCAL_COMPOSE_FILE = REPO_ROOT / "docker-compose.local.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 PROCFILE = REPO_ROOT / "Procfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
@@ -54,6 +55,13 @@ CLUSTER_APP_SERVICES = ("cluster-worker", "cluster-flower")
 MIN_GRACE_SECONDS = 30
 RESTART_POLICIES = ("always", "unless-stopped", "on-failure")
 COMPOSE_CLI_TIMEOUT = 60
+#: The host ports each service publishes: (variable that moves it, the tutorial's default, container port).
+HOST_PORTS = {
+    "rabbitmq": [("PROJ_BROKER_PORT", 5672, 5672), ("PROJ_MANAGEMENT_PORT", 15672, 15672)],
+    "flower": [("PROJ_FLOWER_PORT", 5555, 5555)],
+}
+#: What docker-compose.local.yml may add to a service besides its image: the workers' pace and prefetch.
+LOCAL_APP_VARIABLES = {"PROJ_SECONDS_PER_DOT": "1.0", "PROJ_PREFETCH_MULTIPLIER": "1"}
 #: Where Debian's (and PyPI's) docker-compose 1.29 keeps the Compose specification's JSON schema.
 COMPOSE_SCHEMA_CANDIDATES = ("/usr/lib/python3/dist-packages/compose/config/compose_spec.json",)
 
@@ -197,9 +205,16 @@ def compose_cli() -> list[str] | None:
     return None
 
 
-def run_compose(tmp_path: Path, *args: str, env_file: dict[str, str] | Path | None = None, **env: str):
+def run_compose(
+    tmp_path: Path,
+    *args: str,
+    env_file: dict[str, str] | Path | None = None,
+    files: tuple[Path, ...] = (COMPOSE_FILE,),
+    **env: str,
+):
     """``compose --env-file FILE -f docker-compose.yml ARGS``: FILE stands in for .env (a developer's .env
-    must not change what the test sees), and none of the caller's own variables leak in."""
+    must not change what the test sees), and none of the caller's own variables leak in (nor the ports
+    the compose files read from the environment)."""
     cli = compose_cli()
     if cli is None:
         pytest.skip(
@@ -210,10 +225,12 @@ def run_compose(tmp_path: Path, *args: str, env_file: dict[str, str] | Path | No
     else:
         path = tmp_path / "compose.env"
         path.write_text("".join(f"{k}={v}\n" for k, v in (env_file or {}).items()))
-    run_env = {k: v for k, v in os.environ.items() if k not in REQUIRED_VARIABLES}
+    ignored = {*REQUIRED_VARIABLES, *LOCAL_APP_VARIABLES, *(v for ports in HOST_PORTS.values() for v, _, _ in ports)}
+    run_env = {k: v for k, v in os.environ.items() if k not in ignored}
     run_env.update(env)
+    file_args = [arg for file in files for arg in ("-f", str(file))]
     return subprocess.run(
-        [*cli, "--env-file", str(path), "-f", str(COMPOSE_FILE), *args],
+        [*cli, "--env-file", str(path), *file_args, *args],
         cwd=REPO_ROOT,
         env=run_env,
         capture_output=True,
@@ -299,9 +316,42 @@ def test_compose_publishes_amqp_management_and_flower_on_the_host_loopback_only(
     for name, ports in published.items():
         for port in ports:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond the loopback"
-    # And they are the ports the tutorial and the Procfile use
-    assert sorted(published["rabbitmq"]) == ["127.0.0.1:15672:15672", "127.0.0.1:5672:5672"]
-    assert published["flower"] == ["127.0.0.1:5555:5555"]
+    # And they are the ports the tutorial and the Procfile use, moved by the Procfile's own variables
+    for name, ports in HOST_PORTS.items():
+        assert sorted(published[name]) == sorted(
+            f"127.0.0.1:${{{variable}:-{default}}}:{target}" for variable, default, target in ports
+        ), published[name]
+
+
+def port_triples(service: dict) -> list[tuple[str, int, int]]:
+    """(host address, host port, container port) of each published port, in either form compose prints."""
+    triples = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            triples.append((port.get("host_ip", ""), int(port["published"]), int(port["target"])))
+        else:
+            host_ip, published, target = str(port).split("/")[0].rsplit(":", 2)
+            triples.append((host_ip, int(published), int(target)))
+    return sorted(triples)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"PROJ_BROKER_PORT": "5673", "PROJ_MANAGEMENT_PORT": "15673", "PROJ_FLOWER_PORT": "5556"}],
+    ids=["defaults", "ports-from-env"],
+)
+def test_compose_host_ports_are_the_tutorials_unless_the_procfiles_port_variables_move_them(tmp_path, overrides):
+    # Given the compose file as the compose CLI resolves it, with or without the port variables set
+    result = run_compose(tmp_path, "config", env_file=TEST_ENV, **overrides)
+    assert result.returncode == 0, result.stderr
+    resolved_services = yaml.safe_load(result.stdout)["services"]
+
+    # Then each published port is the variable's, else the tutorial's, on the host's loopback
+    for name, ports in HOST_PORTS.items():
+        expected = sorted(
+            ("127.0.0.1", int(overrides.get(variable, default)), target) for variable, default, target in ports
+        )
+        assert port_triples(resolved_services[name]) == expected, name
 
 
 # -- the cluster profile --------------------------------------------------------------------------
@@ -695,6 +745,15 @@ def readme_compose_commands() -> list[str]:
     return [re.sub(r"\s+#.*$", "", c).strip() for c in lines + inline if is_command.search(c)]
 
 
+def global_options(args: list[str]) -> list[str]:
+    """A compose command line's options before its subcommand: ``-f FILE -p NAME`` of ``-f FILE -p NAME up -d``."""
+    with_value = {"-f", "--file", "-p", "--project-name", "--env-file", "--profile", "--project-directory"}
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 2 if args[i] in with_value else 1
+    return args[:i]
+
+
 def test_readme_compose_commands_work_with_the_compose_file_and_env_example(services, tmp_path):
     # Given each compose command in the README
     commands = readme_compose_commands()
@@ -704,15 +763,18 @@ def test_readme_compose_commands_work_with_the_compose_file_and_env_example(serv
         first = next(i for i, w in enumerate(words) if w in ("docker", "docker-compose"))
         assignments = dict(w.split("=", 1) for w in words[:first] if "=" in w)
         args = words[words.index("compose") + 1 :] if "compose" in words else words[words.index("docker-compose") + 1 :]
+        # The files it names with -f before its subcommand (docker-compose.yml when none), each one of the repository's
+        files = tuple(REPO_ROOT / f for f in option_value(global_options(args), "-f", "--file")) or (COMPOSE_FILE,)
+        assert set(files) <= {COMPOSE_FILE, LOCAL_COMPOSE_FILE} and files[0] == COMPOSE_FILE, command
 
         # Then the services it scales exist, and so do the variables it sets
         for scale in option_value(args, "--scale"):
             assert scale.split("=")[0] in services, command
         for name in assignments:
-            assert "${" + name in COMPOSE_FILE.read_text(), (command, name)
+            assert any("${" + name in file.read_text() for file in files), (command, name)
 
-        # And with .env.example as .env, compose accepts the file under those variables
-        result = run_compose(tmp_path, "config", "-q", env_file=ENV_EXAMPLE, **assignments)
+        # And with .env.example as .env, compose accepts the files under those variables
+        result = run_compose(tmp_path, "config", "-q", env_file=ENV_EXAMPLE, files=files, **assignments)
         assert result.returncode == 0, (command, result.stderr)
 
 
@@ -726,8 +788,8 @@ def test_dockerfile_installs_the_package_on_python_3_11_and_runs_a_worker_as_a_n
     for keyword, args in instructions:
         by_keyword.setdefault(keyword, []).append(args)
 
-    # Then the image is based on Python 3.11
-    assert re.fullmatch(r"python:3\.11([.-]\S*)?", by_keyword["FROM"][-1].split()[0]), by_keyword["FROM"]
+    # Then the image is based on Python 3.11 (the default of its BASE argument)
+    assert re.fullmatch(r"python:3\.11([.-]\S*)?", base_image()), by_keyword["FROM"]
     # And it installs the package itself (not only its requirements)
     assert any(re.search(r"\bpip install( [^ ]+)* \.(\s|$)", run) for run in by_keyword["RUN"]), by_keyword["RUN"]
     # And it runs as a user other than root
@@ -735,6 +797,33 @@ def test_dockerfile_installs_the_package_on_python_3_11_and_runs_a_worker_as_a_n
     # And its default command is a celery worker of proj
     cmd = json.loads(by_keyword["CMD"][-1])
     assert cmd[:4] == ["celery", "-A", "proj", "worker"]
+
+
+def base_image() -> str:
+    """The image the Dockerfile's FROM names, its ``${ARG}`` replaced with the ARG's default."""
+    defaults: dict[str, str] = {}
+    for keyword, args in dockerfile_instructions():
+        if keyword == "ARG" and "=" in args:
+            name, default = args.split("=", 1)
+            defaults.setdefault(name, default)
+        if keyword == "FROM":
+            return re.sub(r"\$\{?(\w+)\}?", lambda m: defaults[m.group(1)], args.split()[0])
+    raise AssertionError("the Dockerfile has no FROM")
+
+
+def test_dockerfile_takes_a_ca_bundle_only_as_a_build_secret_of_the_pip_install():
+    # Given the Dockerfile's instructions
+    instructions = dockerfile_instructions()
+
+    # Then no instruction copies or adds a certificate into the image
+    for keyword, args in instructions:
+        if keyword in ("COPY", "ADD"):
+            assert not re.search(r"\.(crt|pem)\b|cert", args), args
+    # And the one RUN that mounts the secret is the pip install, which trusts it only when given
+    mounting = [args for keyword, args in instructions if keyword == "RUN" and "--mount=type=secret" in args]
+    assert len(mounting) == 1, mounting
+    assert "id=ca-bundle" in mounting[0] and "PIP_CERT=/run/secrets/ca-bundle" in mounting[0]
+    assert re.search(r"\bpip install \.$", mounting[0]), mounting[0]
 
 
 def test_dockerfile_puts_flowerconfig_where_the_containers_run():
@@ -776,3 +865,52 @@ def test_dockerignore_keeps_local_state_and_secrets_out_and_what_the_image_needs
     # And everything the Dockerfile copies is in
     for path in ("pyproject.toml", "README.md", "proj", "flowerconfig.py"):
         assert not dockerignored(path, patterns), path
+
+
+# -- docker-compose.local.yml: the same stack on local images -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resolved_local(tmp_path_factory) -> dict:
+    """docker-compose.yml with docker-compose.local.yml over it, as the compose CLI resolves them."""
+    result = run_compose(
+        tmp_path_factory.mktemp("compose-local"),
+        "config",
+        env_file=TEST_ENV,
+        files=(COMPOSE_FILE, LOCAL_COMPOSE_FILE),
+    )
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_local_override_changes_only_the_images_and_the_workers_pace_and_prefetch(resolved, resolved_local):
+    # Given the users' stack and the local one, both resolved
+    base, local = resolved["services"], resolved_local["services"]
+
+    # Then the local stack has the same services
+    assert set(local) == set(base)
+    for name, service in local.items():
+        # And each runs a local image (built by ./dev.sh images, no registry), never the published ones
+        assert service["image"].startswith("proj-local/"), (name, service["image"])
+        assert service["image"] != base[name].get("image")
+        # And but for the image and the two pass-through variables, each service is the users' own
+        env = environment(service)
+        extra = {k: env.pop(k) for k in list(env) if k not in environment(base[name])}
+        assert set(extra) <= set(LOCAL_APP_VARIABLES), (name, extra)
+        assert extra == {k: LOCAL_APP_VARIABLES[k] for k in extra}, (name, extra)
+        strip = ("image", "environment")
+        assert {k: v for k, v in service.items() if k not in strip} == {
+            k: v for k, v in base[name].items() if k not in strip
+        }, name
+        assert env == environment(base[name]), name
+
+
+def test_local_override_runs_the_app_image_for_workers_and_flower_and_the_rabbitmq_image_for_brokers(resolved_local):
+    # Given the local stack's images
+    images = {name: service["image"] for name, service in resolved_local["services"].items()}
+
+    # Then every app service runs the app image built from ./Dockerfile, every broker the local RabbitMQ
+    for name in (*APP_SERVICES, *CLUSTER_APP_SERVICES):
+        assert images[name] == "proj-local/app:local", name
+    for name in ("rabbitmq", *CLUSTER_NODES):
+        assert images[name] == "proj-local/rabbitmq:local", name
