@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 
 from proj import config, queues, sentevents
-from proj.tasks import PublishError, check_message
+from proj.tasks import TASK_NAME, PublishError, check_message
 
 #: Messages published but not yet confirmed, at most: the publisher reads confirms before it sends more.
 WINDOW = 2000
@@ -146,7 +146,7 @@ def _publish_all(app, conn, messages: list[str], ids: list[str]) -> list[Failure
                 break
             task = app.amqp.create_task_message(
                 task_id,
-                "proj.tasks.work",
+                TASK_NAME,
                 [message],
                 {},
                 create_sent_event=app.conf.task_send_sent_event,
@@ -154,7 +154,7 @@ def _publish_all(app, conn, messages: list[str], ids: list[str]) -> list[Failure
             )
             # retry=False: a publish that fails is reported, never repeated (it may have reached the broker).
             app.amqp.send_task_message(
-                producer, "proj.tasks.work", task, queue=config.QUEUE_NAME, retry=False, event_dispatcher=sent_events
+                producer, TASK_NAME, task, queue=config.QUEUE_NAME, retry=False, event_dispatcher=sent_events
             )
             published += 1
         deadline = time.monotonic() + config.PUBLISH_TIMEOUT
