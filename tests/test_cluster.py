@@ -363,9 +363,10 @@ def test_worker_whose_node_freezes_fails_over_within_the_heartbeat_bound_and_not
     try:
         wait_until(lambda: node_queue_state(cluster, 3) == (0, 0), timeout=120, what="task_queue drained")
     except AssertionError:
+        queue = next(q for q in cluster.quorum_queues() if q["name"] == config.QUEUE_NAME)
         raise AssertionError(
-            f"task_queue not drained: {node_queue_state(cluster, 3)}, {cluster.quorum_queues()}, "
-            f"{cluster.management().request('GET', 'consumers')}"
+            f"task_queue not drained: (ready, unacked) {node_queue_state(cluster, 3)}, {queue}, "
+            f"cluster {cluster.status()['health']}\nw1:\n{w1.log()[-3000:]}\nw2:\n{w2.log()[-3000:]}"
         ) from None
     # And the failover took the heartbeat bound (two intervals of broker_heartbeat), not Celery's 4-5 minutes
     bound = 2 * config.BROKER_HEARTBEAT + 15
