@@ -88,3 +88,23 @@ def recorder_for() -> Iterator[Callable[[str], EventRecorder]]:
 @pytest.fixture
 def recorder(fresh_queue, recorder_for) -> EventRecorder:
     return recorder_for(fresh_queue.url)
+
+
+#: Modules that start clusters, containers or long fault runs: run last, so a quick failure elsewhere shows
+#: first (pytest still runs everything; the order within each group is the file order).
+SLOW_MODULES = (
+    "test_chaos.py",
+    "test_bench.py",
+    "test_cluster.py",
+    "test_celery_setup.py",
+    "test_compose.py",
+    "test_compose_cluster.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    def slowness(item) -> int:
+        name = item.path.name
+        return SLOW_MODULES.index(name) + 1 if name in SLOW_MODULES else 0
+
+    items.sort(key=slowness)  # stable: the file order within each group is kept
