@@ -176,6 +176,18 @@ def test_checker_fails_a_run_that_leaves_messages_in_the_queue():
     assert report.leftover is True and report.ok is False
 
 
+def test_checker_fails_a_run_in_which_a_worker_held_a_message_without_starting_it():
+    # Given a run cut short by a worker that held t2 without starting it (the watch saw it)
+    published = {"t1": "m t1", "t2": "m t2"}
+    held = [{"worker": "w1#0", "hostname": "w1@host", "task_id": "t2", "seconds": 46.0}]
+
+    report = check(published, done_once("t1", 100, 1.0), queue={"ready": 0, "unacked": 1}, held=held)
+
+    # Then the run fails with that verdict, and t2 counts as held (it is on the broker), not as lost
+    assert report.ok is False and report.held == held
+    assert report.lost == 0 and report.completed == 1
+
+
 def test_chaos_refuses_a_run_dir_that_already_holds_a_run(tmp_path):
     # Given a directory with the ledger of an earlier run
     (tmp_path / "ledger.sqlite").write_bytes(b"")
