@@ -8,6 +8,7 @@ when a task is missing or ran twice for no reason.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -26,11 +27,12 @@ TASKS, FAULTS, WORKERS = 300, 8, 3
 RUN_TIMEOUT = 240
 
 
-def run_chaos(*args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+def run_chaos(*args: str, timeout: float = RUN_TIMEOUT, env: dict | None = None) -> subprocess.CompletedProcess:
     """``proj chaos ARGS``; on a timeout it gets SIGTERM (it then stops what it started) before SIGKILL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "proj", "chaos", *args],
         cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -174,6 +176,18 @@ def test_checker_fails_a_run_that_leaves_messages_in_the_queue():
     assert report.leftover is True and report.ok is False
 
 
+def test_checker_fails_a_run_in_which_a_worker_held_a_message_without_starting_it():
+    # Given a run cut short by a worker that held t2 without starting it (the watch saw it)
+    published = {"t1": "m t1", "t2": "m t2"}
+    held = [{"worker": "w1#0", "hostname": "w1@host", "task_id": "t2", "seconds": 46.0}]
+
+    report = check(published, done_once("t1", 100, 1.0), queue={"ready": 0, "unacked": 1}, held=held)
+
+    # Then the run fails with that verdict, and t2 counts as held (it is on the broker), not as lost
+    assert report.ok is False and report.held == held
+    assert report.lost == 0 and report.completed == 1
+
+
 def test_chaos_refuses_a_run_dir_that_already_holds_a_run(tmp_path):
     # Given a directory with the ledger of an earlier run
     (tmp_path / "ledger.sqlite").write_bytes(b"")
@@ -186,3 +200,39 @@ def test_chaos_refuses_a_run_dir_that_already_holds_a_run(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"proj chaos: {tmp_path} already holds a chaos run (ledger.sqlite): pass an empty --out"
     ]
+
+
+def test_chaos_reports_a_message_a_worker_holds_without_starting_as_its_own_verdict(tmp_path):
+    # Given workers of the stuck test build (tests/stuck_build.py) whose pool swallows the first job
+    # it is handed, with the guard off (PROJ_STUCK_AFTER=0), so nothing gives that message back
+    run_dir = tmp_path / "run"
+    env = {
+        "PROJ_TEST_STUCK": "swallow-first-job",
+        "PROJ_TEST_STUCK_MARKER": str(tmp_path / "fired"),  # shared: the fault fires once in the run
+        "PYTHONPATH": str(REPO_ROOT / "tests"),
+        "PROJ_STUCK_AFTER": "0",
+    }
+
+    # When proj chaos runs them with a bound of 3 s
+    result = run_chaos(
+        "--tasks", "20", "--faults", "0", "--workers", "2", "--stuck-after", "3",
+        "--worker-app", "stuck_build", "--out", str(run_dir), env=env, timeout=180,
+    )  # fmt: skip
+
+    # Then it ends with the held verdict instead of waiting for the drain, and exits 1
+    report = json.loads((run_dir / "report.json").read_text())
+    explain = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 1, explain
+    (held,) = report["held"]
+    assert report["ok"] is False and report["stuck_after"] == 3
+    # naming the worker whose pool swallowed the job, and the task it holds
+    worker = held["worker"].split("#")[0]
+    assert "the pool swallowed a job" in (run_dir / "workers" / f"{worker}.log").read_text(), explain
+    assert held["task_id"].startswith(f"chaos-{report['run_id']}-") and held["seconds"] > 3
+    # and that task never started anywhere (the ledger has no row of it), yet it is held, not lost
+    assert held["task_id"] not in {r["task_id"] for r in ledger.rows(str(run_dir / "ledger.sqlite"))}
+    assert held["task_id"] not in report["lost_ids"]
+    # in one line of the summary, with the worker and the task id
+    lines = [line for line in result.stdout.splitlines() if line.startswith(" [!] held:")]
+    assert len(lines) == 1 and held["worker"] in lines[0] and held["task_id"] in lines[0], explain
+    assert "without starting it" in lines[0]

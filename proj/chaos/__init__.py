@@ -2,7 +2,8 @@
 
 The way RabbitMQ's own Jepsen tests count messages: every task the broker confirmed must have
 completed at least once (lost = 0), nothing may run that was never published (unexpected = 0),
-the queue must end empty, and every task that ran twice must have been hit by a fault.
+the queue must end empty, every task that ran twice must have been hit by a fault, and no worker
+may hold a message without starting it past a bound.
 
 Rooms:
 
@@ -13,6 +14,7 @@ Rooms:
 - ``publisher.py``     the numbered tasks, confirmed, paced through the faults
 - ``monitor.py``       the ledger tailed, every worker process id noted
 - ``faults.py``        the fault injector
+- ``watch.py``         the held-message watch: a message a worker holds without starting it is a verdict
 - ``checker.py``       the verdict: counting, then explaining each duplicate (pure)
 - ``report.py``        the report: the verdict and what the run did, as report.json holds it
 - ``run.py``           the run: the parts in order, the drain, the teardown

@@ -131,6 +131,14 @@ class RunBroker:
 
     # -- what it holds ---------------------------------------------------------------------------
 
+    def ready_count(self) -> int | None:
+        """Messages ready in task_queue (exact, by passive declare); None if the broker does not answer."""
+        from kombu import Connection
+
+        with contextlib.suppress(Exception), Connection(self.url, connect_timeout=5) as conn:
+            return conn.default_channel.queue_declare(config.QUEUE_NAME, passive=True).message_count
+        return None
+
     def queue_state(self) -> dict | None:
         """ready and consumers by passive declare (exact), unacked from the management API."""
         from kombu import Connection

@@ -11,6 +11,9 @@ Pure: no broker, no processes. :func:`count` counts, :func:`explain` explains ea
   or just after it finished, before the ack could arrive) and the task started again after it, or
   a publish that failed and was sent again. Each extra run needs one such cause, else it is
   **unexplained** and the run fails.
+- **held**: a message a worker held without starting it (while a pool process was idle) for longer
+  than the run's bound, or a worker that did not answer for that long (seen by the run's watch, not
+  by the count). Must be none: the worker's guard gives such a message back sooner.
 """
 
 from __future__ import annotations
@@ -222,6 +225,8 @@ class Verdict:
     redelivery_latency_by_fault: dict[str, dict]
     queue: dict | None
     leftover: bool
+    #: Messages held without starting past the bound: worker, hostname, task id (None: a silent worker), seconds.
+    held: list[dict] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -234,6 +239,7 @@ def check(
     republished: Iterable[str] = (),
     unconfirmed: Iterable[str] = (),
     queue: Mapping | None = None,
+    held: Iterable[Mapping] = (),
 ) -> Verdict:
     """Count lost, duplicated (explained or not) and unexpected tasks; measure redelivery latency.
 
@@ -241,18 +247,23 @@ def check(
     ``republished``: ids whose publish failed once and was sent again (each may exist twice).
     ``unconfirmed``: ids sent but never confirmed (a run cut short); their rows are not unexpected.
     ``queue``: the work queue at the end (``ready``, ``unacked``); anything left fails the run.
+    ``held``: what the watch found held without starting past its bound; anything fails the run.
     """
     faults = sorted(faults, key=lambda f: f.begin)
     republished = set(republished)
     rows = list(rows)
     runs = executions(rows)
     done_count = Counter(r["task_id"] for r in rows if r["event"] == "done")
+    held = [dict(h) for h in held]
+    # A held message is on the broker, unacknowledged, not lost: the held verdict accounts for it.
     counts = count(published, runs, done_count, set(unconfirmed))
+    held_ids = {h["task_id"] for h in held}
+    counts.lost_ids = [t for t in counts.lost_ids if t not in held_ids]
     why = explain(runs, done_count, faults, republished)
 
     queue = dict(queue) if queue is not None else None
     leftover = queue is not None and bool(queue.get("ready") or queue.get("unacked"))
-    ok = not (counts.lost_ids or counts.unexpected_ids or why.unexplained or counts.mismatched_ids or leftover)
+    ok = not (counts.lost_ids or counts.unexpected_ids or why.unexplained or counts.mismatched_ids or leftover or held)
     return Verdict(
         ok=ok,
         published=counts.published,
@@ -279,6 +290,7 @@ def check(
         redelivery_latency_by_fault={k: _latency(v) for k, v in sorted(why.latencies.items())},
         queue=queue,
         leftover=leftover,
+        held=held,
     )
 
 

@@ -43,7 +43,12 @@ class FaultInjector:
     def inject_all(self) -> None:
         state = self.state
         for n, planned in enumerate(state.schedule, 1):
+            if state.stopping.is_set():
+                state.skipped.extend({"kind": p.kind, "why": "run cut short"} for p in state.schedule[n - 1 :])
+                return
             if not self._wait_done(planned.after_done):
+                if state.stopping.is_set():
+                    continue  # said at the next turn
                 state.say(f" [!] no task done for {STALL_TIMEOUT:.0f} s: the remaining faults are not injected")
                 state.skipped.extend({"kind": p.kind, "why": "run stalled"} for p in state.schedule[n - 1 :])
                 return
@@ -76,6 +81,8 @@ class FaultInjector:
         last, since = -1, time.monotonic()
         while len(state.done) < count:
             state.check_publisher()
+            if state.stopping.is_set():  # the watch ended the run (a message held without starting)
+                return False
             if len(state.done) != last:
                 last, since = len(state.done), time.monotonic()
             elif time.monotonic() - since > STALL_TIMEOUT:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 from proj import ledger
 from proj.chaos import checker
@@ -27,6 +29,16 @@ class Report:
     faults_skipped: list[dict]
     fault_log: list[dict]
     worker_restarts: int
+    #: Each restart: the worker, the ready messages when it started and when it said ready, whether it raced.
+    worker_starts: list[dict]
+    #: The bound of the held-message watch (``--stuck-after``).
+    stuck_after: float
+    #: The watch's figures: asks, failed asks, the longest any message waited without starting.
+    watch: dict
+    #: What the workers' guards did (proj/guard.py): their log lines, each a message held without starting
+    #: that was given back, or a pool process that did not start and was replaced. Not failures: nothing
+    #: was lost; each is a stuck worker the guard ended, worth a look.
+    guard_actions: list[str]
     publish_errors: dict[str, int]
     publish_error_samples: list[str]
     publisher_failure: str | None
@@ -69,7 +81,7 @@ def build(state: RunState, broker: str, external: bool, queue: dict | None, star
         if fault.pids is None and fault.worker is not None:
             fault.pids = frozenset(state.pids_of[fault.worker])
     unconfirmed = state.sent - set(state.published)
-    verdict = checker.check(state.published, rows, state.faults, state.republished, unconfirmed, queue)
+    verdict = checker.check(state.published, rows, state.faults, state.republished, unconfirmed, queue, state.held)
     unknown = sorted({int(r["pid"]) for r in rows} - set().union(*state.pids_of.values()))
     end = state.last_done or time.time()
     work_seconds = end - state.first_publish if state.first_publish else None
@@ -87,6 +99,10 @@ def build(state: RunState, broker: str, external: bool, queue: dict | None, star
         faults_skipped=state.skipped,
         fault_log=[f.to_dict() for f in state.faults],
         worker_restarts=state.worker_restarts,
+        worker_starts=state.starts,
+        stuck_after=s.stuck_after,
+        watch=state.watch,
+        guard_actions=guard_actions(state.run_dir / "workers"),
         publish_errors=dict(state.publish_errors),
         publish_error_samples=state.publish_error_samples,
         publisher_failure=state.publisher_failure,
@@ -98,3 +114,19 @@ def build(state: RunState, broker: str, external: bool, queue: dict | None, star
         run_dir=str(state.run_dir),
         settled=bool(queue and queue.get("settled")),
     )
+
+
+#: The guard's log lines (proj/guard.py): a message given back, a pool process killed at or after start.
+GUARD_MARKS = ("held", "without starting"), ("did not start within",), ("has not started for",)
+MAX_GUARD_LINES = 20
+
+
+def guard_actions(log_dir: Path) -> list[str]:
+    """The guard's lines in every worker log of the run (``w1.log``, ``w1.0.log``, ...), by log."""
+    found = []
+    for log in sorted(log_dir.glob("*.log")):
+        with contextlib.suppress(OSError):
+            for line in log.read_text(errors="replace").splitlines():
+                if any(all(m in line for m in marks) for marks in GUARD_MARKS):
+                    found.append(f"{log.stem}: {line.strip()}")
+    return found[:MAX_GUARD_LINES]

@@ -31,6 +31,7 @@ from proj.chaos.publisher import Publisher
 from proj.chaos.report import Report
 from proj.chaos.schedule import KINDS, NODE_KILL, RESTART_BROKER, fault_schedule, task_messages
 from proj.chaos.state import ChaosError, RunState, Settings
+from proj.chaos.watch import Watch, default_bound
 from proj.chaos.worker_slots import WorkerSlots
 
 __all__ = ("Chaos", "ChaosError", "Settings")
@@ -45,6 +46,8 @@ JOIN_TIMEOUT = 10
 
 class Chaos:
     def __init__(self, settings: Settings, out=None):
+        if settings.stuck_after is None:
+            settings.stuck_after = default_bound()
         state = RunState.new(settings, out or sys.stdout)
         kinds = tuple(k for k in KINDS if settings.applies(k) and (not settings.kinds or k in settings.kinds))
         state.schedule = fault_schedule(
@@ -63,6 +66,7 @@ class Chaos:
         self.publisher = Publisher(state, self.broker)
         self.monitor = Monitor(state, self.workers)
         self.injector = FaultInjector(state, self.broker, self.workers)
+        self.watch = Watch(state, self.workers, self.broker)
 
     @property
     def run_dir(self) -> Path | None:
@@ -84,6 +88,7 @@ class Chaos:
             self._start_broker()
             self.workers.start()
             self.monitor.start()
+            self.watch.start()
             self.publisher.start()
             self.injector.inject_all()
             self.publisher.wait()
@@ -94,6 +99,7 @@ class Chaos:
             state.say(" [*] interrupted: stopping everything this run started")
         finally:
             self._teardown()
+        state.watch = self.watch.figures()
         report = report_mod.build(state, self.broker.describe(), self.broker.external, queue, started)
         report.interrupted = interrupted
         (state.run_dir / "report.json").write_text(report.to_json() + "\n")
@@ -133,11 +139,15 @@ class Chaos:
     def _drain(self) -> dict:
         """Wait until task_queue holds nothing ready and nothing unacknowledged, several samples in a row."""
         state = self.state
-        state.say(" [*] faults done; waiting for task_queue to drain")
+        if not state.held:
+            state.say(" [*] faults done; waiting for task_queue to drain")
         deadline = time.monotonic() + state.settings.drain_timeout
         settled = 0
         sample = None
-        while time.monotonic() < deadline:
+        if state.held:  # the watch ended the run: count what there is, do not wait for a drain
+            deadline = time.monotonic()
+            sample = self.broker.queue_state()
+        while time.monotonic() < deadline and not state.stopping.is_set():
             sample = self.broker.queue_state()
             empty = sample is not None and sample["ready"] == 0 and sample["unacked"] == 0
             settled = settled + 1 if empty else 0
@@ -148,7 +158,7 @@ class Chaos:
             time.sleep(SAMPLE_INTERVAL)
         queue = dict(sample or {"ready": None, "unacked": None, "consumers": None})
         queue["settled"] = settled >= SETTLED_SAMPLES
-        if not queue["settled"]:
+        if not queue["settled"] and not state.held:
             state.say(f" [!] task_queue did not drain within {state.settings.drain_timeout:.0f} s: {queue}")
         queue["dead_letters"] = self.broker.dead_letters()
         queue["other_queues"] = self.broker.other_queues()

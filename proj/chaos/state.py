@@ -43,6 +43,14 @@ class Settings:
     cluster: int = 0
     #: The fault kinds to draw from; empty: every kind that applies to the broker.
     kinds: tuple[str, ...] = ()
+    #: Seconds a worker may hold a message without starting it (or stay silent) before the run ends
+    #: with that verdict; None: the guard's bound plus a margin (proj/chaos/watch.py).
+    stuck_after: float | None = None
+    #: A stopped worker is started again once task_queue holds this many ready messages (waiting at
+    #: most ``RACE_WAIT`` s), so its first delivery races its start-up (issue 14); 0: start it at once.
+    race_ready: int = 20
+    #: The Celery app the workers run (``-A``): proj, or a test build of it (tests/stuck_build.py).
+    worker_app: str = "proj"
 
     def applies(self, kind: str) -> bool:
         """Node kills need a cluster; a broker restart needs the run's own single node."""
@@ -93,7 +101,14 @@ class RunState:
     faults: list[checker.Fault] = dataclasses.field(default_factory=list)
     skipped: list[dict] = dataclasses.field(default_factory=list)
     worker_restarts: int = 0
+    #: One entry per restart: the worker, and the ready messages when it started and when it said ready.
+    starts: list[dict] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
+
+    # What the watch saw: messages held without starting past the bound (worker, task id, seconds).
+    held: list[dict] = dataclasses.field(default_factory=list)
+    #: The watch's figures: its bound, how often it asked, the longest hold any answer showed.
+    watch: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def new(cls, settings: Settings, stream: TextIO) -> RunState:

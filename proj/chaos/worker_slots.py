@@ -27,6 +27,8 @@ EXIT_TIMEOUT = {KILL_WORKER: 10.0, COLD_SHUTDOWN: 30.0, WARM_SHUTDOWN: 60.0}
 ORPHAN_GRACE = 5.0
 #: How often a wait on a worker process looks again.
 POLL = 0.02
+#: How long a restart waits for task_queue to fill (``Settings.race_ready``) before it starts the worker anyway.
+RACE_WAIT = 10.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -72,6 +74,8 @@ class WorkerSlots:
             seconds_per_dot=self.state.settings.seconds_per_dot,
             env={"PROJ_LEDGER": str(self.state.ledger_path), **env},
         )
+        if self.state.settings.worker_app != "proj":
+            proc.argv[proc.argv.index("-A") + 1] = self.state.settings.worker_app
         with self.state.lock:
             self.all_procs.append((proc, key))
         return proc
@@ -157,20 +161,51 @@ class WorkerSlots:
             for attempt in range(3):
                 if state.stopping.is_set():
                     return
+                at_start = self._wait_for_full_queue()
                 with state.lock:
                     slot.incarnation += 1
                     new = self._new(slot.name, slot.key)
                     slot.proc = new
                 new.start()
                 if self._wait_ready(new):
+                    at_ready = self.broker.ready_count()
                     with state.lock:
                         slot.ready = True
                         state.worker_restarts += 1
+                        state.starts.append(
+                            {
+                                "worker": slot.key,
+                                "ready_at_start": at_start,
+                                "ready_at_ready": at_ready,
+                                "raced": bool(at_ready and at_ready >= max(1, state.settings.race_ready)),
+                            }
+                        )
+                    return
+                if state.stopping.is_set():  # the run ended while it started: not a failed start
                     return
                 state.errors.append(f"{slot.name} did not start again (attempt {attempt + 1}): see {new.log_path}")
                 self.end(new, slot.key)
         except Exception as exc:  # a restarter must not die silently: the run would wait forever
             state.errors.append(f"restarting {slot.name}: {type(exc).__name__}: {exc}")
+
+    def _wait_for_full_queue(self) -> int | None:
+        """A start that races a full queue: wait (at most RACE_WAIT s) for ``race_ready`` ready messages.
+
+        The worker then says "ready" with messages waiting, and with prefetch 1 its first delivery
+        arrives a millisecond later, while its pool may still be starting: the race of issue 14.
+        Returns the ready count when it gives up waiting or the queue is full.
+        """
+        state = self.state
+        want = state.settings.race_ready
+        deadline = time.monotonic() + RACE_WAIT
+        while True:
+            ready = self.broker.ready_count()
+            if not want or (ready is not None and ready >= want) or time.monotonic() > deadline:
+                return ready
+            if state.publishing_done.is_set() and ready is not None:
+                return ready  # nothing more comes: the queue will not fill again
+            if state.stopping.wait(0.1):
+                return ready
 
     def _orphans_alive(self, key: str, pgid: int) -> bool:
         """Whether a process of that worker incarnation, other than its main process, still runs."""
@@ -200,8 +235,10 @@ class WorkerSlots:
         """Warm shutdown for every worker still running, then SIGKILL whatever is left of each."""
         with self.state.lock:
             procs = list(self.all_procs)
-        up = [p for p, _ in procs if running(p)]
-        for proc in up:  # warm shutdown: nothing should be running by now
+        # Warm shutdown (nothing should be running by now), unless the run was cut short by a worker
+        # that holds a message it does not run: it would not finish, and the broker takes the message back.
+        up = [p for p, _ in procs if running(p)] if not self.state.held else []
+        for proc in up:
             signal_pid(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for proc in up:

@@ -52,13 +52,46 @@ from proj.cli.exits import CANNOT_RUN, FAILED, INTERRUPTED, OK
     type=click.Choice([k.replace("_", "-") for k in KINDS]),
     help="Draw faults of this kind only (repeatable) [every kind that applies].",
 )
+@click.option(
+    "--stuck-after",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds a worker may hold a message without starting it (or not answer) before the run ends with that "
+    "verdict [PROJ_STUCK_AFTER + max(10, PROJ_STUCK_AFTER/2); 30 with the guard off].",
+)
+@click.option(
+    "--race-ready",
+    type=click.IntRange(0),
+    default=20,
+    show_default=True,
+    help="A stopped worker is started again once task_queue holds this many ready messages (0: at once).",
+)
+@click.option(
+    "--worker-app", default="proj", show_default=True, hidden=True, help="The Celery app the workers run (tests)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (progress goes to stderr).")
-def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, cluster, fault_kinds, as_json) -> None:
+def chaos(
+    tasks,
+    workers,
+    faults,
+    seed,
+    seconds_per_dot,
+    broker_url,
+    out,
+    cluster,
+    fault_kinds,
+    stuck_after,
+    race_ready,
+    worker_app,
+    as_json,
+) -> None:
     """Publish numbered tasks, kill workers and restart the broker at random, then count every task.
 
     Faults: SIGKILL a worker, SIGKILL a pool child, SIGQUIT (cold shutdown), SIGTERM (warm
-    shutdown), broker restart. Exit status 0 only if no task was lost, none ran unpublished, every
-    duplicate run is explained by a fault and task_queue ends empty; 1 if not; 2 if it could not run.
+    shutdown), broker restart. A stopped worker is started again while task_queue is full, so its
+    first delivery races its start. Exit status 0 only if no task was lost, none ran unpublished, every
+    duplicate run is explained by a fault, no worker held a message without starting it past
+    --stuck-after, and task_queue ends empty; 1 if not; 2 if it could not run.
     """
     from proj.chaos.run import Chaos, ChaosError, Settings
 
@@ -79,6 +112,9 @@ def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, cluste
         seconds_per_dot=seconds_per_dot,
         broker_url=broker_url,
         out=out,
+        stuck_after=stuck_after,
+        race_ready=race_ready,
+        worker_app=worker_app,
     )
     run = Chaos(settings, out=sys.stderr if as_json else sys.stdout)
     # SIGTERM (timeout, docker stop, a CI runner) ends the run like Ctrl+C: everything started is stopped.
@@ -117,6 +153,8 @@ def _s(x) -> str:
 
 def summary(report: dict) -> list[str]:
     """The figures, as lines for a terminal."""
+    from proj.chaos.watch import describe
+
     lat = report["redelivery_latency"]
     q = report.get("queue") or {}
     faults = ", ".join(f"{k} {n}" for k, n in sorted(report["faults"].items())) or "none"
@@ -134,6 +172,19 @@ def summary(report: dict) -> list[str]:
         f" [x] task_queue: {q.get('ready')} ready, {q.get('unacked')} unacked"
         + (f"; {q['dead_letters']} in the dead-letter queue" if q.get("dead_letters") else ""),
     ]
+    starts = report["worker_starts"]
+    if starts:
+        raced = sum(1 for st in starts if st["raced"])
+        lines.append(
+            f" [x] worker restarts {report['worker_restarts']}: {raced} raced a full task_queue "
+            f"(ready when they said ready: {', '.join(str(st['ready_at_ready']) for st in starts)})"
+        )
+    w = report["watch"]
+    if w:
+        lines.append(
+            f" [x] held without starting: longest {w['longest_hold_seconds']:.1f} s (bound {w['bound']:g} s, "
+            f"{w['asks']} asks of proj_stuck, {w['failed_asks']} failed)"
+        )
     if q.get("other_queues"):
         others = ", ".join(f"{name} {n}" for name, n in q["other_queues"].items())
         lines.append(f" [!] messages in other queues: {others}")
@@ -149,10 +200,20 @@ def summary(report: dict) -> list[str]:
         lines.append(f" [!] unexplained duplicate: {dup['task_id']} done {dup['done']} times")
     if report["mismatched"]:
         lines.append(f" [!] {report['mismatched']} tasks ran with another message than published")
+    for held in report["held"]:
+        lines.append(f" [!] held: {describe(held, report['stuck_after'])}")
+    if report["guard_actions"]:
+        lines.append(f" [!] the workers' guards acted {len(report['guard_actions'])} times (nothing lost):")
+        lines.extend(f"     {line}" for line in report["guard_actions"])
     for err in report["errors"]:
         lines.append(f" [!] {err}")
     if report.get("publisher_failure"):
         lines.append(f" [!] {report['publisher_failure']}")
     lines.append(f" [*] run dir: {report['run_dir']} (ledger.sqlite, report.json, chaos.log, workers/)")
-    lines.append(" OK: every task accounted for" if report["ok"] else " FAILED: see above and report.json")
+    if report["ok"]:
+        lines.append(" OK: every task accounted for")
+    elif report["held"]:
+        lines.append(" FAILED: a worker held a message without starting it (see above and report.json)")
+    else:
+        lines.append(" FAILED: see above and report.json")
     return lines
