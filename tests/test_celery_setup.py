@@ -290,6 +290,12 @@ class UnackedSampler(Poller):
                 self.prefetch_counts.add(effective_prefetch(consumers[ch["name"]], ch))
 
 
+def redeliveries(mgmt: Management) -> int:
+    """How many deliveries of task_queue the broker flagged redelivered (its queue's message_stats)."""
+    queue = mgmt.queue(config.QUEUE_NAME) or {}
+    return int((queue.get("message_stats") or {}).get("redeliver", 0))
+
+
 def send(setup: CeleryTestSetup, messages: list[str]) -> list:
     """Each message as proj's task through the setup's app: confirmed by the broker when this returns."""
     return [setup.app.signature(TASK_NAME, args=(m,)).delay() for m in messages]
@@ -413,6 +419,7 @@ class TestFairDispatch:
         self, setup: CeleryTestSetup, mgmt: Management, recorder: EventRecorder
     ):
         # Given a long task running in one worker container
+        redelivered_before = redeliveries(mgmt)
         result = send(setup, [LONG_TASK])[0]
         busy = wait_until(
             lambda: next((w for w in setup.worker_cluster if LONG_TASK in received(w)), None),
@@ -421,7 +428,9 @@ class TestFairDispatch:
         )
         (other,) = [w for w in setup.worker_cluster if w is not busy]
         recorder.wait_for(
-            lambda r: any(t.started for t in tasks_of(r, [result])), TIMEOUT, "task-started of the long task"
+            lambda r: all(t.received and t.started for t in tasks_of(r, [result])),
+            TIMEOUT,
+            "task-received and task-started of the long task",
         )
 
         # When that container is killed (SIGKILL: no warm shutdown, no ack)
@@ -431,6 +440,8 @@ class TestFairDispatch:
         assert result.get(timeout=TIMEOUT) == LONG_TASK.count(".")
         assert received(other, redelivered=True) == [LONG_TASK]
         assert LONG_TASK not in received(other)  # its only delivery there is the redelivered one
+        # (the broker counts it: one redelivery on task_queue)
+        wait_until(lambda: redeliveries(mgmt) == redelivered_before + 1, TIMEOUT, "the broker's redeliver count +1")
         # And done once: one task-succeeded, from the other container; the killed one never finished it
         recorder.wait_for(lambda r: tasks_of(r, [result])[0].succeeded, TIMEOUT, "task-succeeded of the long task")
         (task,) = tasks_of(recorder, [result])
