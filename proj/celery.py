@@ -9,3 +9,7 @@ app.config_from_object("proj.config")
 # thread (a web server's pool) uses Celery's fallback app, which routes to a 'celery' queue that
 # nobody consumes: confirmed by the broker, then never run. Found by `proj chaos`.
 app.set_default()
+
+# The stuck-message guard's remote-control command, registered wherever the app is loaded, so
+# `celery -A proj inspect proj_stuck` knows it too (not only the workers that answer it).
+from proj import guard  # noqa: E402, F401

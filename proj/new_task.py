@@ -183,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         return send_file(args)
     message = parse_args(args)
     if message is None:
-        print(USAGE)
+        try:
+            print(USAGE, flush=True)
+        except BrokenPipeError:  # `new-task --help | head`: the reader has what it wanted
+            sys.stdout = None
         return EXIT_OK
 
     from proj.celery import app

@@ -171,3 +171,17 @@ def test_worker_refused_by_the_broker_says_so_in_one_line_without_a_traceback(br
         assert "no-such-vhost" in line and "check the vhost in CELERY_BROKER_URL" in line
     # And no traceback, no CRITICAL log, no password
     assert "Traceback" not in output and "CRITICAL" not in output and "Wr0ng-pw-71" not in output
+
+
+def test_new_task_help_into_a_pipe_closed_early_exits_0_without_a_traceback():
+    # When new-task's usage goes to a pipe whose reader is gone (`new-task --help | head -1`, head done)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    out = subprocess.run(
+        [str(NEW_TASK), "--help"], env=env, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60
+    )
+    os.close(write_end)
+
+    # Then it exits 0 and says nothing on stderr: no BrokenPipeError traceback
+    assert out.returncode == 0 and out.stderr == "", out.stderr

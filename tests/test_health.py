@@ -102,3 +102,25 @@ def test_health_says_it_cannot_run_without_a_broker(tmp_path):
     result = proj_health(f"amqp://guest:guest@127.0.0.1:{free_port()}//")
     assert result.returncode == 2
     assert one_line(result).startswith("proj health: cannot reach the broker")
+
+
+def test_celery_inspect_knows_the_guards_command_and_the_worker_answers_it(fresh_queue, start_worker):
+    # Given a worker
+    worker = start_worker("asked", fresh_queue.url)
+
+    # When Celery's own CLI asks it what it holds without running it
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "proj", "inspect", "proj_stuck", "-d", worker.hostname, "-j"],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, CELERY_BROKER_URL=fresh_queue.url),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+    # Then the command is known to the client and the worker answers: nothing held
+    assert result.returncode == 0, result.stderr
+    import json
+
+    answer = json.loads(result.stdout)[worker.hostname]
+    assert answer["held"] == [] and answer["stuck_after"] == config.STUCK_AFTER
