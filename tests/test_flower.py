@@ -68,10 +68,12 @@ def flower_queue(flower: FlowerProcess, name: str = config.QUEUE_NAME) -> dict |
     return next((q for q in body.get("active_queues", []) if q.get("name") == name), None)
 
 
-def has_counts(flower: FlowerProcess, ready: int, unacked: int) -> dict | None:
+def has_counts(flower: FlowerProcess, ready: int, unacked: int, consumers: int | None = None) -> dict | None:
+    """The queue once Flower shows these counts (RabbitMQ's statistics move one figure at a time)."""
     queue = flower_queue(flower)
     if queue and (queue.get("messages_ready"), queue.get("messages_unacknowledged")) == (ready, unacked):
-        return queue
+        if consumers is None or queue.get("consumers") == consumers:
+            return queue
     return None
 
 
@@ -103,7 +105,9 @@ def scenario(broker: Node, tmp_path_factory) -> Iterator[Scenario]:
         )
         publish(broker.url, LONG_MESSAGES)
         run.counts_while_busy = wait_until(
-            lambda: has_counts(flower, ready=2, unacked=2), TIMEOUT, "Flower sees 2 ready and 2 unacked messages"
+            lambda: has_counts(flower, ready=2, unacked=2, consumers=2),
+            TIMEOUT,
+            "Flower sees 2 ready and 2 unacked messages, 2 consumers",
         )
         yield run
     finally:
