@@ -52,8 +52,14 @@ from proj.cli.exits import CANNOT_RUN, FAILED, INTERRUPTED, OK
     type=click.Choice([k.replace("_", "-") for k in KINDS]),
     help="Draw faults of this kind only (repeatable) [every kind that applies].",
 )
+@click.option(
+    "--compose",
+    is_flag=True,
+    help="Node faults (crash, freeze, isolate, partition) on the compose cluster profile's containers; "
+    "needs ./dev.sh images.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (progress goes to stderr).")
-def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, cluster, fault_kinds, as_json) -> None:
+def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, cluster, fault_kinds, compose, as_json):
     """Publish numbered tasks, kill workers and restart the broker at random, then count every task.
 
     Faults: SIGKILL a worker, SIGKILL a pool child, SIGQUIT (cold shutdown), SIGTERM (warm
@@ -62,6 +68,12 @@ def chaos(tasks, workers, faults, seed, seconds_per_dot, broker_url, out, cluste
     """
     from proj.chaos.run import Chaos, ChaosError, Settings
 
+    if compose:  # proj/cli/chaos_compose.py: the same report and checker, on containers
+        from proj.cli.chaos_compose import chaos_compose
+
+        chaos_compose(
+            tasks, workers, faults, seed, seconds_per_dot, out, bool(cluster or broker_url or fault_kinds), as_json
+        )
     kinds = tuple(k.replace("-", "_") for k in fault_kinds)
     if cluster and broker_url:
         _refuse("--cluster starts a private cluster: leave out --broker-url")
