@@ -32,8 +32,10 @@ from proj.harness.workers import REPO_ROOT
 
 #: Seconds per '.': tasks of 0 to 3 dots take up to 0.15 s, so a few hundred flow through each fault.
 SECONDS_PER_DOT = 0.05
-#: Tasks per fault test: enough to publish before, during and after the fault.
-TASKS = 250
+#: Tasks per fault test, published at RATE a second: a stream before, through (the fault fires at 10-15 % of
+#: the tasks and is held up to a minute) and after the fault.
+TASKS = 400
+RATE = 5.0
 WORKERS = 3
 
 
@@ -86,6 +88,8 @@ def run_fault(cluster: ComposeCluster, kind: str, tmp_path) -> dict:
         out=tmp_path / "run",
         # The fault lands while tasks are in flight: never more than this many published and not done.
         backlog=20,
+        rate=RATE,
+        window=(0.10, 0.15),
     )
     return ComposeChaos(settings, out=sys.stderr, cluster=cluster).run()
 

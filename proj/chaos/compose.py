@@ -75,22 +75,30 @@ class ComposeSettings:
     max_dots: int = 3
     #: Published but not yet done: the publisher waits above this, so it publishes through the faults.
     backlog: int = 30
+    #: At most this many publishes a second, so the stream lasts through the faults (a fault is held up
+    #: to a minute, while the workers drain a backlog in seconds). None: only the backlog paces it.
+    rate: float | None = 3.0
+    #: Faults fire between these fractions of the tasks done.
+    window: tuple[float, float] = (0.05, 0.90)
     drain_timeout: float = 300.0
     out: Path | None = None
     #: Leave the compose project running at the end (its name is in the report).
     keep: bool = False
 
 
-def schedule(seed: int, faults: int, tasks: int, kinds: tuple[str, ...]) -> list[PlannedFault]:
+def schedule(
+    seed: int, faults: int, tasks: int, kinds: tuple[str, ...], window: tuple[float, float] = (0.05, 0.90)
+) -> list[PlannedFault]:
     """``faults`` faults, every kind of ``kinds`` in turn (shuffled by the seed), each on a drawn node,
-    firing between 5 % and 90 % of the tasks done."""
+    firing between ``window``'s fractions of the tasks done."""
     rng = random.Random(f"proj-chaos-compose-{seed}")
     drawn = []
     while len(drawn) < faults:
         batch = list(kinds)
         rng.shuffle(batch)
         drawn.extend(batch)
-    low, high = max(1, int(tasks * 0.05)), max(1, int(tasks * 0.90))
+    low = max(1, int(tasks * window[0]))
+    high = max(low, int(tasks * window[1]))
     thresholds = sorted(rng.randint(low, high) for _ in range(faults))
     return [
         PlannedFault(after_done=t, delay=0.0, kind=k, worker=rng.randrange(len(CLUSTER_NODES)))
@@ -135,7 +143,7 @@ class ComposeChaos:
             kinds=tuple(s.kinds),
         )
         self.state = RunState.new(common, out or sys.stdout)
-        self.state.schedule = schedule(self.state.seed, s.faults, s.tasks, tuple(s.kinds))
+        self.state.schedule = schedule(self.state.seed, s.faults, s.tasks, tuple(s.kinds), s.window)
         messages = task_messages(self.state.seed, s.tasks, s.max_dots)
         self.prefix = f"chaos-{self.state.run_id}-"
         self.state.tasks = [(f"{self.prefix}{i:05d}", m) for i, m in enumerate(messages)]
@@ -239,10 +247,13 @@ class ComposeChaos:
 
             work = tasks.work
             conn = None
+            gap = 1.0 / self.settings.rate if self.settings.rate else 0.0
+            next_at = time.monotonic()
             for task_id, message in state.tasks:
-                while len(state.published) - len(state.done) >= self.settings.backlog:
+                while len(state.published) - len(state.done) >= self.settings.backlog or time.monotonic() < next_at:
                     if state.stopping.wait(0.01):
                         return
+                next_at = max(next_at + gap, time.monotonic() - 1.0)
                 first_try, failed = time.time(), False
                 while True:
                     if state.stopping.is_set():
