@@ -445,20 +445,54 @@ def test_compose_cluster_workers_and_flower_know_every_node_and_use_quorum_queue
     )
     twin = services[name.removeprefix("cluster-")]
     assert service["build"] == twin["build"] and command_argv(service) == command_argv(twin)
-    assert set(env) - {"PROJ_QUEUE_TYPE"} == set(environment(resolved["services"][twin_name(name)]))
+    # And it has its twin's variables, plus the queue type and (for a worker) the management URL list
+    cluster_only = {"PROJ_QUEUE_TYPE", "PROJ_MANAGEMENT_URL"}
+    assert set(env) - cluster_only == set(environment(resolved["services"][twin_name(name)])) - cluster_only
+    # And its management API list names every node's, in the broker list's order, with the same account
+    broker_urls = env["CELERY_BROKER_URL"].split(";")
+    assert env["PROJ_MANAGEMENT_URL"].split(";") == [management_url_from_broker(url) for url in broker_urls]
 
 
 def twin_name(name: str) -> str:
     return name.removeprefix("cluster-")
 
 
-def test_compose_cluster_flower_reads_the_first_nodes_management_api_behind_basic_auth(resolved):
+def test_compose_cluster_flower_reads_the_first_management_api_that_answers_behind_basic_auth(resolved):
     # Given the cluster's Flower as resolved
     env = environment(resolved["services"]["cluster-flower"])
 
-    # Then its management API is the one its broker list's first node implies, and it needs a login
-    assert env["PROJ_MANAGEMENT_URL"] == management_url_from_broker(env["CELERY_BROKER_URL"].split(";")[0])
+    # Then its management API list is every node's, as its broker list implies, so Flower's Broker page
+    # still shows task_queue with rabbitmq1 down; and it needs a login
+    assert env["PROJ_MANAGEMENT_URL"] == ";".join(
+        management_url_from_broker(url) for url in env["CELERY_BROKER_URL"].split(";")
+    )
     assert env["FLOWER_BASIC_AUTH"] == TEST_ENV["FLOWER_BASIC_AUTH"]
+
+
+def test_compose_cluster_nodes_pause_a_minority_and_give_up_a_silent_node_within_15_s_ticks(resolved):
+    # Given each node's Erlang arguments as resolved
+    for name in CLUSTER_NODES:
+        args = environment(resolved["services"][name])["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"].split()
+        pairs = {(args[i], args[i + 1]): args[i + 2] for i in range(len(args) - 2) if args[i].startswith("-")}
+
+        # Then a node cut off from the other two pauses (its clients go to the majority)
+        assert pairs[("-rabbit", "cluster_partition_handling")] == "pause_minority"
+        # And a node that stops answering is given up after 11-19 s, not Erlang's 45-75 s
+        assert pairs[("-kernel", "net_ticktime")] == "15"
+
+
+@pytest.mark.parametrize("name", ["worker", "cluster-worker"])
+def test_compose_workers_are_healthy_only_while_proj_health_says_so_for_their_own_name(services, name):
+    # Given a worker's healthcheck
+    check = services[name]["healthcheck"]
+
+    # Then it is `proj health` for this container's worker (worker@%h: %h is the container's host name),
+    # run by a shell so that $(hostname) is expanded ($$ in the file: compose leaves one $)
+    assert check["test"] == ["CMD-SHELL", "proj health --worker worker@$$(hostname) --timeout 5"]
+    assert option_value(command_argv(services[name]), "-n") == ["worker@%h"]
+    # And it gives the command time to answer, and a starting worker time to connect
+    assert duration_seconds(check["timeout"]) > 5
+    assert duration_seconds(check["start_period"]) >= 30 and check["retries"] >= 3
 
 
 # -- the workers and Flower ----------------------------------------------------------------------
@@ -883,7 +917,9 @@ def resolved_local(tmp_path_factory) -> dict:
     return yaml.safe_load(result.stdout)
 
 
-def test_local_override_changes_only_the_images_and_the_workers_pace_and_prefetch(resolved, resolved_local):
+def test_local_override_changes_only_the_images_the_workers_pace_and_prefetch_and_the_nodes_firewall(
+    resolved, resolved_local
+):
     # Given the users' stack and the local one, both resolved
     base, local = resolved["services"], resolved_local["services"]
 
@@ -898,6 +934,10 @@ def test_local_override_changes_only_the_images_and_the_workers_pace_and_prefetc
         extra = {k: env.pop(k) for k in list(env) if k not in environment(base[name])}
         assert set(extra) <= set(LOCAL_APP_VARIABLES), (name, extra)
         assert extra == {k: LOCAL_APP_VARIABLES[k] for k in extra}, (name, extra)
+        # And the cluster's nodes may change their own firewall, for the partition tests; nothing else may
+        if name in CLUSTER_NODES:
+            assert service.pop("cap_add") == ["NET_ADMIN"], name
+        assert "cap_add" not in base[name] and "cap_add" not in service, name
         strip = ("image", "environment")
         assert {k: v for k, v in service.items() if k not in strip} == {
             k: v for k, v in base[name].items() if k not in strip

@@ -69,6 +69,12 @@ from proj.cli.exits import CANNOT_RUN, FAILED, INTERRUPTED, OK
 @click.option(
     "--worker-app", default="proj", show_default=True, hidden=True, help="The Celery app the workers run (tests)."
 )
+@click.option(
+    "--compose",
+    is_flag=True,
+    help="Node faults (crash, freeze, isolate, partition) on the compose cluster profile's containers; "
+    "needs ./dev.sh images.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (progress goes to stderr).")
 def chaos(
     tasks,
@@ -83,6 +89,7 @@ def chaos(
     stuck_after,
     race_ready,
     worker_app,
+    compose,
     as_json,
 ) -> None:
     """Publish numbered tasks, kill workers and restart the broker at random, then count every task.
@@ -95,6 +102,12 @@ def chaos(
     """
     from proj.chaos.run import Chaos, ChaosError, Settings
 
+    if compose:  # proj/cli/chaos_compose.py: the same report and checker, on containers
+        from proj.cli.chaos_compose import chaos_compose
+
+        chaos_compose(
+            tasks, workers, faults, seed, seconds_per_dot, out, bool(cluster or broker_url or fault_kinds), as_json
+        )
     kinds = tuple(k.replace("-", "_") for k in fault_kinds)
     if cluster and broker_url:
         _refuse("--cluster starts a private cluster: leave out --broker-url")
