@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import ast
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -45,6 +43,7 @@ from pytest_docker_tools import container, fxtr, network
 
 from proj import config
 from proj.console import READY_LINE
+from proj.harness.compose import why_containers_cannot_run
 from proj.harness.events import EventRecorder, TaskRecord
 from proj.rabbit.management import Management
 from proj.tasks import TASK_NAME
@@ -64,24 +63,9 @@ RECEIVED, REDELIVERED = " [x] Received ", " (redelivered)"
 FIVE_MESSAGES = ["First message.", "Second message..", "Third message...", "Fourth message....", "Fifth message....."]
 
 
-def why_containers_cannot_run() -> str | None:
-    if not shutil.which("docker"):
-        return "no docker CLI: ./dev.sh images installs docker.io"
-    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    if info.returncode != 0:
-        last = (info.stderr.strip().splitlines() or ["?"])[-1]
-        return f"no Docker engine answers ({last}): ./dev.sh images starts one (needs root)"
-    missing = [i for i in IMAGES if subprocess.run(["docker", "image", "inspect", i], capture_output=True).returncode]
-    if missing:
-        return (
-            f"local images missing ({', '.join(missing)}): ./dev.sh images builds them (needs root and a Debian mirror)"
-        )
-    return None
-
-
 @pytest.fixture(autouse=True, scope="module")
 def containers_can_run() -> None:
-    reason = why_containers_cannot_run()
+    reason = why_containers_cannot_run(IMAGES, compose=False)
     if reason:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true, and the container tests cannot run: {reason}")

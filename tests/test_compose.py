@@ -21,27 +21,27 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
+import helpers
 import pytest
 from celery import Celery
 from kombu import Connection
 
 import proj.tasks  # noqa: F401  (registers proj.tasks.work on every app)
 from proj import config
+from proj.harness.compose import compose_cli, why_containers_cannot_run
+from proj.rabbit.node import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILES = (REPO_ROOT / "docker-compose.yml", REPO_ROOT / "docker-compose.local.yml")
-IMAGES = ("proj-local/rabbitmq:local", "proj-local/app:local")
 #: Seconds per '.' in the containers: the tutorial's five messages take well under a second each.
 SECONDS_PER_DOT = 0.05
 #: A task that runs for about five seconds: long enough to stop or kill its worker mid-task.
@@ -61,59 +61,12 @@ TUTORIAL_MESSAGES = [
 # -- can containers run here? ---------------------------------------------------------------------
 
 
-def compose_cli() -> list[str] | None:
-    if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=60)
-        if probe.returncode == 0:
-            return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    return None
-
-
-def why_containers_cannot_run() -> str | None:
-    if not shutil.which("docker"):
-        return "no docker CLI: ./dev.sh images installs docker.io"
-    if compose_cli() is None:
-        return "no compose CLI (docker compose or docker-compose): ./dev.sh images installs docker-compose"
-    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    if info.returncode != 0:
-        last = (info.stderr.strip().splitlines() or ["?"])[-1]
-        return f"no Docker engine answers ({last}): ./dev.sh images starts one (needs root)"
-    missing = [
-        image
-        for image in IMAGES
-        if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode
-    ]
-    if missing:
-        return (
-            f"local images missing ({', '.join(missing)}): ./dev.sh images builds them (needs root and a Debian mirror)"
-        )
-    return None
-
-
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def free_port(avoid: tuple[int, ...] = ()) -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in avoid:
-            return port
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = TIMEOUT, interval: float = 0.2):
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {what}")
-        time.sleep(interval)
+def wait_until(predicate, what: str, timeout: float = TIMEOUT, interval: float = 0.2):
+    """helpers.wait_until, with what is awaited first (as these modules read)."""
+    return helpers.wait_until(predicate, timeout, what, interval)
 
 
 def docker(*args: str, check: bool = True) -> str:

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+import helpers
 import pytest
 
 from proj import config
@@ -40,14 +41,8 @@ WORKERS = 3
 
 
 def wait_until(predicate, what: str, timeout: float = 90.0, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {what}")
-        time.sleep(interval)
+    """helpers.wait_until, with what is awaited first (as these modules read)."""
+    return helpers.wait_until(predicate, timeout, what, interval)
 
 
 def interrupt(signum, frame):

@@ -16,6 +16,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import helpers
 import pytest
 from kombu import Connection
 
@@ -32,16 +33,8 @@ STUCK_AFTER = 30
 
 
 def wait_until(predicate, what: str, timeout: float = TIMEOUT, interval: float = 0.5):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {what}")
-        time.sleep(interval)
+    """helpers.wait_until, with what is awaited first (as these modules read)."""
+    return helpers.wait_until(predicate, timeout, what, interval)
 
 
 def interrupt(signum, frame):

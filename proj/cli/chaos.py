@@ -100,7 +100,7 @@ def chaos(
     duplicate run is explained by a fault, no worker held a message without starting it past
     --stuck-after, and task_queue ends empty; 1 if not; 2 if it could not run.
     """
-    from proj.chaos.run import Chaos, ChaosError, Settings
+    from proj.chaos.run import Chaos, Settings
 
     if compose:  # proj/cli/chaos_compose.py: the same report and checker, on containers
         from proj.cli.chaos_compose import chaos_compose
@@ -130,10 +130,20 @@ def chaos(
         worker_app=worker_app,
     )
     run = Chaos(settings, out=sys.stderr if as_json else sys.stdout)
+    run_and_report(run, lambda: run.run().to_dict(), as_json, summary)
+
+
+def run_and_report(run, carry_out, as_json: bool, lines) -> None:
+    """Carry a run out, print its report (JSON, or ``lines(report)``) and exit by the exit-status table.
+
+    ``carry_out()`` returns the report in its JSON form, as report.json holds it.
+    """
+    from proj.chaos.state import ChaosError
+
     # SIGTERM (timeout, docker stop, a CI runner) ends the run like Ctrl+C: everything started is stopped.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        report = run.run().to_dict()  # the JSON form, as report.json holds it
+        report = carry_out()
     except ChaosError as exc:
         where = f" (run dir {run.run_dir})" if run.run_dir else ""
         click.echo(f"proj chaos: {exc}{where}", err=True)
@@ -146,7 +156,7 @@ def chaos(
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        for line in summary(report):
+        for line in lines(report):
             click.echo(line)
     sys.exit(OK if report["ok"] else FAILED)
 

@@ -66,17 +66,18 @@ def compose_cli() -> list[str] | None:
     return None
 
 
-def why_containers_cannot_run() -> str | None:
-    """None when compose, an engine and the local images are all there; else what is missing and what to do."""
+def why_containers_cannot_run(images: tuple[str, ...] = IMAGES, compose: bool = True) -> str | None:
+    """None when an engine, the local ``images`` (and, with ``compose``, a compose CLI) are all there; else
+    what is missing and what to do."""
     if not shutil.which("docker"):
         return "no docker CLI: ./dev.sh images installs docker.io"
-    if compose_cli() is None:
+    if compose and compose_cli() is None:
         return "no compose CLI (docker compose or docker-compose): ./dev.sh images installs docker-compose"
     info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
     if info.returncode != 0:
         last = (info.stderr.strip().splitlines() or ["?"])[-1]
         return f"no Docker engine answers ({last}): ./dev.sh images starts one (needs root)"
-    missing = [i for i in IMAGES if subprocess.run(["docker", "image", "inspect", i], capture_output=True).returncode]
+    missing = [i for i in images if subprocess.run(["docker", "image", "inspect", i], capture_output=True).returncode]
     if missing:
         return (
             f"local images missing ({', '.join(missing)}): ./dev.sh images builds them (needs root and a Debian mirror)"
