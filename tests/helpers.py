@@ -192,3 +192,31 @@ class FlowerProcess(LoggedProcess):
         with contextlib.suppress(subprocess.TimeoutExpired, AssertionError):
             self.wait_exit(10)
         self.kill()
+
+
+def consumers_on_task_queue(mgmt: Management) -> list[dict]:
+    return [c for c in mgmt.consumers() if c["queue"]["name"] == config.QUEUE_NAME]
+
+
+class UnackedSampler(Poller):
+    """The broker's count of unacknowledged messages on each channel consuming task_queue, while workers run."""
+
+    def __init__(self, mgmt: Management):
+        self.mgmt, self.samples = mgmt, 0
+        self.peak_by_channel: dict[str, int] = {}
+        self.prefetch_counts: set[int] = set()
+        super().__init__()
+
+    @property
+    def peak(self) -> int:
+        """The most any one channel held at once."""
+        return max(self.peak_by_channel.values(), default=0)
+
+    def poll(self) -> None:
+        consumers = {channel_of(c): c for c in consumers_on_task_queue(self.mgmt) if channel_of(c)}
+        for ch in self.mgmt.channels():
+            if ch["name"] in consumers:
+                self.samples += 1
+                unacked = ch.get("messages_unacknowledged", 0)
+                self.peak_by_channel[ch["name"]] = max(self.peak_by_channel.get(ch["name"], 0), unacked)
+                self.prefetch_counts.add(effective_prefetch(consumers[ch["name"]], ch))

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 
 import pytest
 from celery import Celery
-from helpers import Poller, channel_of, effective_prefetch, wait_until
+from helpers import UnackedSampler, consumers_on_task_queue, wait_until
 from pytest_celery import (
     CeleryBrokerCluster,
     CeleryTestSetup,
@@ -250,28 +250,6 @@ def setup(celery_setup: CeleryTestSetup, mgmt: Management) -> CeleryTestSetup:
 
 
 # -- reading what the broker and the workers did -----------------------------------------------------------
-
-
-def consumers_on_task_queue(mgmt: Management) -> list[dict]:
-    return [c for c in mgmt.consumers() if c["queue"]["name"] == config.QUEUE_NAME]
-
-
-class UnackedSampler(Poller):
-    """The broker's count of unacknowledged messages on each worker channel consuming task_queue, while it runs."""
-
-    def __init__(self, mgmt: Management):
-        self.mgmt = mgmt
-        self.peak_by_channel: dict[str, int] = {}
-        self.prefetch_counts: set[int] = set()
-        super().__init__()
-
-    def poll(self) -> None:
-        consumers = {channel_of(c): c for c in consumers_on_task_queue(self.mgmt) if channel_of(c)}
-        for ch in self.mgmt.channels():
-            if ch["name"] in consumers:
-                unacked = ch.get("messages_unacknowledged", 0)
-                self.peak_by_channel[ch["name"]] = max(self.peak_by_channel.get(ch["name"], 0), unacked)
-                self.prefetch_counts.add(effective_prefetch(consumers[ch["name"]], ch))
 
 
 def redeliveries(mgmt: Management) -> int:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from helpers import TIMEOUT, Poller, channel_of, effective_prefetch, publish, wait_until
-
-from proj import config
+from helpers import (
+    TIMEOUT,
+    UnackedSampler,
+    consumers_on_task_queue,
+    publish,
+    wait_until,
+)
 
 FIVE_MESSAGES = ["First message.", "Second message..", "Third message...", "Fourth message....", "Fifth message....."]
-
-
-def consumers_on_task_queue(mgmt) -> list[dict]:
-    return [c for c in mgmt.consumers() if c["queue"]["name"] == config.QUEUE_NAME]
 
 
 def start_pair(start_worker, url: str, **options):
@@ -74,23 +74,6 @@ def max_held_per_worker(recorder) -> dict[str, int]:
             peak = max(peak, level)
         held[host] = peak
     return held
-
-
-class UnackedSampler(Poller):
-    """Read each consumer channel's unacknowledged count from the broker while workers run."""
-
-    def __init__(self, mgmt):
-        self.mgmt, self.peak, self.samples = mgmt, 0, 0
-        self.prefetch_counts: set[int] = set()
-        super().__init__()
-
-    def poll(self) -> None:
-        consumers = {channel_of(c): c for c in consumers_on_task_queue(self.mgmt) if channel_of(c)}
-        for ch in self.mgmt.channels():
-            if ch["name"] in consumers:
-                self.samples += 1
-                self.peak = max(self.peak, ch.get("messages_unacknowledged", 0))
-                self.prefetch_counts.add(effective_prefetch(consumers[ch["name"]], ch))
 
 
 def run_workload(fresh_queue, mgmt, start_worker, recorder_for, **worker_options):
