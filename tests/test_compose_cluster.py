@@ -49,6 +49,14 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+#: Opt-in: each fault is held until a worker consumes elsewhere (up to a minute apiece), about 5 minutes
+#: in all on 2 cores, and the freeze case still misses its bound on containers (issue 13, open).
+pytestmark = pytest.mark.skipif(
+    os.environ.get("PROJ_COMPOSE_CLUSTER_TESTS") != "1",
+    reason="the compose cluster's node faults take minutes: set PROJ_COMPOSE_CLUSTER_TESTS=1 to run them",
+)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[ComposeCluster]:
     reason = why_containers_cannot_run()
