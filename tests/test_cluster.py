@@ -29,6 +29,7 @@ from kombu import Connection, Queue
 from proj import config, ledger
 from proj.rabbit.cluster import COOKIE_FILE, Cluster, free_port_run
 from proj.rabbit.management import Management, ManagementError
+from proj.rabbit.node import port_is_free
 
 PROJ = Path(sys.executable).with_name("proj")
 SIZE = 3
@@ -94,8 +95,12 @@ def heal(cluster: Cluster, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             for node in status["nodes"]:
                 if not node["in_cluster"] or node["node_name"] in status["partitions"]:
-                    cluster.kill_node(node["number"])
-                    cluster.start_node(node["number"])
+                    n = node["number"]
+                    if cluster.node(n).is_running():
+                        cluster.kill_node(n)
+                    ports = (cluster.node(n).port, cluster.node(n).management_port)
+                    wait_until(lambda ports=ports: all(port_is_free(p) for p in ports), what="the node's ports free")
+                    cluster.start_node(n)
             wait_until(lambda: cluster.status()["health"] == "healthy", NODE_TIMEOUT, "the cluster whole again")
             return
         time.sleep(1)
