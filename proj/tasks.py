@@ -29,6 +29,8 @@ class MessageTask(Task):
     queue nacks for about a second while it elects a new leader after a node dies, and the caller
     should not see that. The same id makes a message that was taken after all (a nack does not
     prove it was not) one task delivered twice, which acks late already allows, never two tasks.
+    ``retry=False`` (Celery's option: no retry when the connection fails) also sends a nacked
+    message once: a caller that re-sends by itself (proj chaos's publisher) sees every nack.
     """
 
     def apply_async(self, args=None, kwargs=None, *rest, **options):
@@ -45,6 +47,11 @@ class MessageTask(Task):
             from kombu.utils.uuid import uuid
 
             options["task_id"] = uuid()
+        if options.get("retry") is False:
+            try:
+                return self._publish_once(args, kwargs, rest, options)
+            except _Nacked as nacked:
+                raise nacked.error from None
         deadline = time.monotonic() + config.PUBLISH_TIMEOUT
         pause = NACK_RETRY_FIRST_PAUSE
         while True:

@@ -87,6 +87,24 @@ def test_nacked_message_is_sent_again_under_the_same_id_until_the_broker_takes_i
     mgmt.delete_queue("limited")
 
 
+def test_with_retry_false_a_nack_reaches_the_caller_at_once_for_it_to_send_again(broker, mgmt):
+    # Given a full queue that refuses more, and the default publish timeout (10 s)
+    limited = limited_queue(mgmt)
+    with app.connection_for_write(broker.url) as conn:
+        work.apply_async(args=["First."], queue=limited, connection=conn, ignore_result=True)
+
+        # When a second message is published with retry=False (a caller that re-sends by itself)
+        started = time.monotonic()
+        with pytest.raises(PublishError, match="refused the message for queue 'limited'"):
+            work.apply_async(args=["Second."], queue=limited, connection=conn, ignore_result=True, retry=False)
+        waited = time.monotonic() - started
+
+    # Then the first nack reached the caller: not re-sent until the timeout, which the caller counts on
+    assert waited < config.PUBLISH_TIMEOUT / 2, f"PublishError after {waited:.1f} s"
+    assert queue_depth(broker.url, "limited") == 1
+    mgmt.delete_queue("limited")
+
+
 def test_message_over_the_size_limit_is_refused_before_anything_is_published(fresh_queue, monkeypatch):
     # Given a 1 KiB limit
     monkeypatch.setattr(config, "MAX_MESSAGE_BYTES", 1024)
