@@ -93,6 +93,13 @@ def test_send_many_returns_when_every_message_is_confirmed_and_each_runs_once(
     )
     # And every task has its task-sent event, as a .delay() would
     recorder.wait_for(lambda r: all(r.tasks.get(i) and r.tasks[i].sent for i in ids), TIMEOUT, "task-sent events")
+    # with the fields Celery's send_task_message gives it (Flower shows the name and the arguments)
+    sent = {e["uuid"]: e for e in recorder.events if e.get("type") == "task-sent"}
+    for task_id, message in zip(ids, messages, strict=True):
+        event = sent[task_id]
+        assert (event["name"], event["args"], event["kwargs"]) == ("proj.tasks.work", repr([message]), "{}")
+        assert (event["queue"], event["routing_key"]) == (config.QUEUE_NAME, config.QUEUE_NAME)
+        assert event["root_id"] == task_id
 
     # When a worker runs them
     start_worker("bulk", fresh_queue.url)
@@ -178,3 +185,67 @@ def test_new_task_file_with_bad_usage_says_so_in_one_line_and_sends_nothing(fres
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
     assert mgmt.queue(config.QUEUE_NAME) is None  # not even declared
+
+
+def celery_published(url: str, message: str) -> None:
+    """One message sent by Celery's own path (create_task_message, send_task_message), as send_many once did."""
+    from celery.utils import uuid
+
+    from proj.tasks import TASK_NAME
+
+    with app.connection_for_write(url) as conn:
+        task = app.amqp.create_task_message(uuid(), TASK_NAME, [message], {}, ignore_result=True)
+        app.amqp.send_task_message(app.amqp.Producer(conn), TASK_NAME, task, queue=config.QUEUE_NAME)
+
+
+def take_raw(url: str) -> list:
+    """Every message in task_queue as the broker hands it out (amqp Message), removed from it."""
+    taken = []
+    with Connection(url) as conn:
+        while (message := conn.default_channel.basic_get(config.QUEUE_NAME, no_ack=True)) is not None:
+            taken.append(message)
+    return taken
+
+
+def without_ids(message) -> tuple[dict, dict, bytes]:
+    properties = {k: v for k, v in message.properties.items() if k not in ("application_headers", "correlation_id")}
+    headers = {k: v for k, v in message.headers.items() if k not in ("id", "root_id")}
+    return properties, headers, message.body
+
+
+def test_send_many_puts_in_task_queue_the_very_message_celery_builds(fresh_queue):
+    # Given messages that test the encoding: quotes, newlines, non-ASCII, empty, and one larger than a frame
+    messages = ['It\'s "quoted".', "line\nbreak..", "é😀 ünïcode.", "", "big." * 100_000]
+
+    for message in messages:
+        # When Celery's own path sends the message, then send_many sends it
+        celery_published(fresh_queue.url, message)
+        (task_id,) = send_many([message], fresh_queue.url)
+
+        # Then the broker holds the same message twice: same properties, headers and body but the ids
+        by_celery, by_send_many = take_raw(fresh_queue.url)
+        assert without_ids(by_send_many) == without_ids(by_celery)
+        assert by_send_many.headers["id"] == by_send_many.headers["root_id"] == task_id
+        assert by_send_many.properties["correlation_id"] == task_id
+        assert by_send_many.properties["delivery_mode"] == 2
+
+
+def test_send_many_to_a_task_queue_with_other_arguments_says_so_and_sends_nothing(fresh_queue):
+    # Given a task_queue left non-durable by an earlier program
+    from kombu import Exchange, Queue
+
+    from proj.tasks import PublishError
+
+    with Connection(fresh_queue.url) as conn:
+        Queue(config.QUEUE_NAME, Exchange(""), routing_key=config.QUEUE_NAME, durable=False)(
+            conn.default_channel
+        ).declare()
+
+    # When send_many publishes
+    with pytest.raises(PublishError) as raised:
+        send_many(["First message."], fresh_queue.url)
+
+    # Then the error names the queue and the argument, and nothing was published
+    assert "task_queue" in str(raised.value) and "durable" in str(raised.value)
+    assert not isinstance(raised.value, BulkPublishError)
+    assert queue_depth(fresh_queue.url) == 0
