@@ -93,6 +93,45 @@ def test_task_events_show_every_task_for_flower(fresh_queue, start_worker, recor
     assert task.message == "Seen.."
 
 
+def test_a_worker_sends_every_task_event_batched_in_few_messages(fresh_queue, start_worker):
+    # Given a queue bound to the event exchange that keeps every task event message, and a worker
+    from kombu import Exchange, Queue
+
+    from proj.tasks import send_many
+
+    events = Queue("test-task-events", Exchange("celeryev", type="topic"), routing_key="task.#", durable=False)
+    with Connection(fresh_queue.url) as conn:
+        events.bind(conn.default_channel).declare()
+        conn.default_channel.queue_purge(events.name)
+    start_worker("w1", fresh_queue.url)
+
+    # When it runs 60 tasks
+    ids = send_many([f"batched {i}" for i in range(60)], fresh_queue.url)
+
+    # Then every task's received, started and succeeded events arrive, in far fewer messages than events
+    kinds = ("task-received", "task-started", "task-succeeded")
+    seen: dict[str, set[str]] = {}
+    messages = 0
+
+    def all_seen() -> bool:
+        nonlocal messages
+        with Connection(fresh_queue.url) as conn:
+            while (message := conn.default_channel.basic_get(events.name, no_ack=True)) is not None:
+                body = json.loads(message.body)
+                messages += 1
+                for event in body if isinstance(body, list) else [body]:
+                    if event["type"] in kinds:
+                        seen.setdefault(event["uuid"], set()).add(event["type"])
+        return all(seen.get(i) == set(kinds) for i in ids)
+
+    try:
+        wait_until(all_seen, TIMEOUT, "received, started and succeeded of every task")
+    finally:
+        with Connection(fresh_queue.url) as conn:
+            conn.default_channel.queue_delete(events.name)
+    assert messages < 3 * len(ids) / 2, f"{3 * len(ids)} events came in {messages} messages"
+
+
 def test_non_string_message_that_reaches_a_worker_fails_once_and_is_not_redelivered(
     fresh_queue, mgmt, start_worker, recorder
 ):
