@@ -182,9 +182,11 @@ task_serializer = "json"
 result_serializer = "json"
 result_accept_content = ["json"]
 
-# .delay(...).get() works with no extra server: results come back over RabbitMQ itself.
+# .delay(...).get() works with no extra server: results come back over RabbitMQ itself. Celery's
+# rpc:// backend, whose per-task reply-queue declaration waits for no reply (proj/results.py):
+# CELERY_RESULT_BACKEND=rpc:// gives Celery's own, one round trip slower per .delay().
 # Docs: configuration.html#result-backend
-result_backend = "rpc://"
+result_backend = "proj.results:RPCBackend+rpc://"
 
 # -- Seeing it: task events for Flower and `proj lab` --------------------------------------------
 

@@ -95,7 +95,7 @@ EXPECTED = {
     "task_serializer": "json",
     "worker_send_task_events": True,
     "task_send_sent_event": True,
-    "result_backend": "rpc://",
+    "result_backend": "proj.results:RPCBackend+rpc://",  # rpc://, the reply queue declared without a round trip
     "task_default_queue": "task_queue",
     "worker_consumer": "proj.consumer:Consumer",  # tutorial text runs, nothing is deleted
     "task_time_limit": 1500,  # below RabbitMQ's 30-minute consumer_timeout

@@ -61,3 +61,26 @@ def test_readme_says_where_rpc_results_go_and_how_to_choose_a_persistent_backend
     assert "celery -A proj result" in example and "CELERY_RESULT_BACKEND" in example
     row = next(line for line in text.splitlines() if line.startswith("| `CELERY_RESULT_BACKEND`"))
     assert "only" in row and "persistent" in row
+
+
+def test_delay_returns_with_its_reply_queue_declared_and_the_result_comes_back(fresh_queue, mgmt, start_worker):
+    # Given a producer with the default backend (rpc://, its reply queue declared without waiting)
+    from kombu import Connection
+
+    from proj.celery import app
+    from proj.tasks import work
+
+    assert app.conf.result_backend.endswith("rpc://")
+    reply_queue = app.backend.oid
+    mgmt.delete_queue(reply_queue)
+
+    # When .delay() returns (the task confirmed) with no worker running
+    with Connection(fresh_queue.url) as conn:
+        result = work.apply_async(args=["Answer.."], connection=conn)
+
+        # Then the broker already holds the reply queue: a result published now would not be lost
+        assert conn.default_channel.queue_declare(reply_queue, passive=True).queue == reply_queue
+
+        # And once a worker runs the task, the result comes back to this process
+        start_worker("w1", fresh_queue.url)
+        assert result.get(timeout=TIMEOUT) == 2
