@@ -179,7 +179,7 @@ def _publish_all(app, conn, messages: list[str], ids: list[str]) -> list[Failure
         while lost is None and confirms.unsettled(published):
             deadline, lost = _read_confirms(conn, confirms, published, deadline)
     except conn.connection_errors + conn.channel_errors + (OSError,) as exc:
-        lost = f"the broker closed the channel or the connection ({exc}): it may or may not be queued"
+        lost = f"the channel or the connection failed ({exc!r}): it may or may not be queued"
     failures = []
     for position, task_id in enumerate(ids, 1):
         if position in confirms.nacked:

@@ -249,3 +249,57 @@ def test_send_many_to_a_task_queue_with_other_arguments_says_so_and_sends_nothin
     assert "task_queue" in str(raised.value) and "durable" in str(raised.value)
     assert not isinstance(raised.value, BulkPublishError)
     assert queue_depth(fresh_queue.url) == 0
+
+
+@pytest.fixture
+def node_to_freeze(tmp_path):
+    """A private node of this test's own, thawed and stopped at the end whatever happened."""
+    from helpers import start_private_node
+
+    node = start_private_node(tmp_path / "rabbitmq")
+    try:
+        yield node
+    finally:
+        node.thaw()
+        node.stop()
+
+
+def test_a_node_that_freezes_mid_batch_fails_it_in_bounded_time_naming_every_message(node_to_freeze, monkeypatch):
+    # Given a short publish timeout, and a batch far larger than the socket buffers (about 100 MB)
+    import threading
+    import time
+
+    from proj import bulk
+
+    monkeypatch.setattr(config, "PUBLISH_TIMEOUT", 2.0)
+    messages = [f"{i:04d}" + "x" * 500_000 for i in range(200)]
+    outcome: dict = {}
+
+    # When the node freezes (SIGSTOP: connections open, nothing answers) just before the first message is
+    # written: the real node, frozen from the hook where send_many has its channel and starts encoding
+    class FreezingTemplate(bulk.frames.Template):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            node_to_freeze.freeze()
+            outcome["frozen_at"] = time.monotonic()
+
+    monkeypatch.setattr(bulk.frames, "Template", FreezingTemplate)
+
+    def send() -> None:
+        try:
+            outcome["ids"] = send_many(messages, node_to_freeze.url)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    sender.join(TIMEOUT)
+
+    # Then send_many returns (the blocked write ends with the connection's TCP timeout, set from
+    # broker_connection_timeout; not held in the close either) with every message named by position and id
+    assert not sender.is_alive(), "send_many still blocked on the frozen node"
+    error = outcome.get("error")
+    assert isinstance(error, BulkPublishError), outcome
+    assert error.confirmed == []
+    assert [(f.position, f.task_id) for f in error.failures] == list(enumerate(error.ids, 1))
+    assert time.monotonic() - outcome["frozen_at"] < TIMEOUT
