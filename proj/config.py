@@ -76,7 +76,7 @@ LEDGER = os.environ.get("PROJ_LEDGER") or None
 RABBITMQ_BIN = os.environ.get("PROJ_RABBITMQ_BIN") or None
 
 #: Seconds between AMQP heartbeats: a silent connection is given up after two of them (broker_heartbeat).
-BROKER_HEARTBEAT = _env("PROJ_BROKER_HEARTBEAT", "5", float)
+BROKER_HEARTBEAT = _env("PROJ_BROKER_HEARTBEAT", "8", float)
 
 #: RabbitMQ's consumer_timeout in seconds (its default: 30 minutes). A consumer holding an unacked
 #: message longer than that has its channel closed and the message redelivered while it still runs.
@@ -96,15 +96,18 @@ STUCK_AFTER = _env("PROJ_STUCK_AFTER", "30", float)
 # Docs: configuration.html#broker-url
 broker_url = "amqp://guest:guest@localhost:5672//"
 
-# AMQP heartbeats every 5 s: a worker (or producer) whose node is frozen (a paused VM, a long stall:
-# the TCP connection stays open and silent) gives it up after two missed intervals (7.5-12.5 s with
-# Celery's check twice an interval) and fails over to the next URL of CELERY_BROKER_URL; Celery's
-# default, 120 s, meant 4-5 minutes. Measured on the compose cluster (a `docker pause`d node, its
-# worker running tasks again; proj/failover.py removes two waits on the frozen node): FREEZE_FIGURES.
-# Below 5 s buys little: the node the worker moves to still waits on the frozen one until it declares
-# it down (net_ticktime 15: 11-19 s). The cost: a heartbeat frame each way every 2.5 s per connection,
-# and a worker whose main process is blocked for over 10 s loses its connection (its running task is
-# then redelivered: prefork's main process never runs tasks; `-P solo` would).
+# AMQP heartbeats every 8 s: a worker (or producer) whose node is frozen (a paused VM, a long stall:
+# the TCP connection stays open and silent) gives it up after two missed intervals (measured 14-18 s)
+# and fails over to the next URL of CELERY_BROKER_URL; Celery's default, 120 s, meant 4-5 minutes.
+# Measured on the compose cluster (a `docker pause`d node; proj/failover.py removes two waits on the
+# frozen node that made it 34-60+ s): running tasks on another node again after 22-27 s (p50 24 s, max
+# 26.5 s over 4 failovers: given up 15-18 s, the frozen node tried first 2.5 s, the event connection
+# 3.5 s, mingle 1.5 s). Not lower: the other nodes declare the frozen one down only after net_ticktime
+# (15: 11-19 s), and until then the node a worker moves to holds its declarations and confirms; with
+# 5 s the worker got there first, blocked past two heartbeats, and lost that connection too (34 s).
+# The cost: a heartbeat frame each way every 4 s per connection, and a worker whose main process is
+# blocked for over 16 s loses its connection (its running task is then redelivered: prefork's main
+# process never runs tasks; `-P solo` would).
 # Docs: configuration.html#broker-heartbeat
 broker_heartbeat = BROKER_HEARTBEAT
 

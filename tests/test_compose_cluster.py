@@ -35,7 +35,7 @@ from proj.harness.workers import REPO_ROOT
 SECONDS_PER_DOT = 0.05
 #: Tasks per fault test, published at RATE a second: a stream before, through (the fault fires at 10-15 % of
 #: the tasks and is held up to a minute) and after the fault.
-TASKS = 400
+TASKS = 250
 RATE = 5.0
 WORKERS = 3
 
@@ -112,10 +112,14 @@ def assert_nothing_lost(report: dict, kind: str) -> None:
 
 
 def test_cluster_comes_up_with_pause_minority_a_quorum_task_queue_and_workers_on_every_node(cluster):
-    # Given the compose cluster profile on the local images, whole
+    # Given the compose cluster profile on the local images, nodes and workers brought up by one
+    # `docker-compose up` (compose's own order: nodes healthy, cluster-ready, then the workers)
     management = cluster.management()
 
-    # Then task_queue is a quorum queue with a member on each of the three nodes
+    # Then compose's one-shot gate ran, and exited 0 once the three nodes had joined
+    (ready,) = cluster.containers("cluster-ready")
+    assert cluster.inspect(ready, "{{.State.Status}} {{.State.ExitCode}}") == "exited 0"
+    # And task_queue, declared by the first worker, is a quorum queue with a member on each of the three nodes
     queue = management.queue(config.QUEUE_NAME)
     assert queue["type"] == "quorum"
     assert sorted(queue["members"]) == sorted(f"rabbit@{n}" for n in CLUSTER_NODES)

@@ -59,6 +59,8 @@ PARTITION_AFTER_THAW = 45.0
 PARTITION_SEEN_FOR = 8.0
 #: How long the cluster may take to be whole again after a heal (a node restart on 2 cores: about 20 s).
 WHOLE_TIMEOUT = 240.0
+#: Seconds a blocking read or write on the publisher's connection may take (see _connection).
+PUBLISHER_SOCKET_TIMEOUT = 5.0
 #: A publish is sent again under its task id (each attempt bounded by PROJ_PUBLISH_TIMEOUT) this long.
 PUBLISH_DEADLINE = 180.0
 #: No task done for this long: the run is stuck, stop injecting.
@@ -304,7 +306,12 @@ class ComposeChaos:
     def _connection(self):
         from kombu import Connection
 
-        conn = Connection(self.cluster.failover_url(), transport_options={"confirm_publish": True}, connect_timeout=3)
+        # Socket timeouts: a publish on a frozen node that times out makes kombu close that connection, and
+        # py-amqp waits for the node's close-ok with no timeout of its own (measured: one publish held 60 s,
+        # until the thaw). A confirm itself is waited for with PROJ_PUBLISH_TIMEOUT (proj/tasks.py).
+        options = {"confirm_publish": True, "read_timeout": PUBLISHER_SOCKET_TIMEOUT}
+        options["write_timeout"] = PUBLISHER_SOCKET_TIMEOUT
+        conn = Connection(self.cluster.failover_url(), transport_options=options, connect_timeout=3)
         conn.ensure_connection(max_retries=len(CLUSTER_NODES))
         return conn
 
