@@ -100,8 +100,8 @@ broker_url = "amqp://guest:guest@localhost:5672//"
 # the TCP connection stays open and silent) gives it up after two missed intervals (measured 14-18 s)
 # and fails over to the next URL of CELERY_BROKER_URL; Celery's default, 120 s, meant 4-5 minutes.
 # Measured on the compose cluster (a `docker pause`d node; proj/failover.py removes two waits on the
-# frozen node that made it 34-60+ s): running tasks on another node again after 22-27 s (p50 24 s, max
-# 26.5 s over 4 failovers: given up 15-18 s, the frozen node tried first 2.5 s, the event connection
+# frozen node that made it 34-60+ s): running tasks on another node again after 20-26.5 s (7 failovers:
+# p50 23.3 s, max 26.5 s; given up 15-18 s, the frozen node tried first 2.5 s, the event connection
 # 3.5 s, mingle 1.5 s). Not lower: the other nodes declare the frozen one down only after net_ticktime
 # (15: 11-19 s), and until then the node a worker moves to holds its declarations and confirms; with
 # 5 s the worker got there first, blocked past two heartbeats, and lost that connection too (34 s).
