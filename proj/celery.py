@@ -11,5 +11,8 @@ app.config_from_object("proj.config")
 app.set_default()
 
 # The stuck-message guard's remote-control command, registered wherever the app is loaded, so
-# `celery -A proj inspect proj_stuck` knows it too (not only the workers that answer it).
-from proj import guard  # noqa: E402, F401
+# `celery -A proj inspect proj_stuck` knows it too (not only the workers that answer it). And a worker
+# whose node froze fails over without waiting on that node again (proj/failover.py).
+from proj import failover, guard  # noqa: E402, F401
+
+failover.install(app)

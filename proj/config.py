@@ -97,11 +97,17 @@ STUCK_AFTER = _env("PROJ_STUCK_AFTER", "30", float)
 broker_url = "amqp://guest:guest@localhost:5672//"
 
 # AMQP heartbeats every 8 s: a worker (or producer) whose node is frozen (a paused VM, a long stall:
-# the TCP connection stays open and silent) gives it up after two missed intervals, 16-20 s, and
-# fails over to the next URL of CELERY_BROKER_URL within 30 s (measured: tests/test_cluster.py);
-# Celery's default, 120 s, meant 4-5 minutes. The cost: a heartbeat frame each way every 4 s per
-# connection, and a worker whose main process is blocked for over 16 s loses its connection (its
-# running task is then redelivered: prefork's main process never runs tasks; `-P solo` would).
+# the TCP connection stays open and silent) gives it up after two missed intervals (measured 14-18 s)
+# and fails over to the next URL of CELERY_BROKER_URL; Celery's default, 120 s, meant 4-5 minutes.
+# Measured on the compose cluster (a `docker pause`d node; proj/failover.py removes two waits on the
+# frozen node that made it 34-60+ s): running tasks on another node again after 20-26.5 s (7 failovers:
+# p50 23.3 s, max 26.5 s; given up 15-18 s, the frozen node tried first 2.5 s, the event connection
+# 3.5 s, mingle 1.5 s). Not lower: the other nodes declare the frozen one down only after net_ticktime
+# (15: 11-19 s), and until then the node a worker moves to holds its declarations and confirms; with
+# 5 s the worker got there first, blocked past two heartbeats, and lost that connection too (34 s).
+# The cost: a heartbeat frame each way every 4 s per connection, and a worker whose main process is
+# blocked for over 16 s loses its connection (its running task is then redelivered: prefork's main
+# process never runs tasks; `-P solo` would).
 # Docs: configuration.html#broker-heartbeat
 broker_heartbeat = BROKER_HEARTBEAT
 

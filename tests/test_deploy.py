@@ -380,8 +380,8 @@ def test_compose_cluster_profile_adds_services_and_leaves_the_default_stack_as_i
 
     # Then `docker compose up` still runs the single broker, its workers and Flower, and nothing else
     assert default == {"rabbitmq", *APP_SERVICES}
-    # And the cluster profile is three nodes and the workers and Flower pointed at them
-    assert cluster == {*CLUSTER_NODES, *CLUSTER_APP_SERVICES}
+    # And the cluster profile is three nodes, the one-shot gate, and the workers and Flower pointed at them
+    assert cluster == {*CLUSTER_NODES, "cluster-ready", *CLUSTER_APP_SERVICES}
     # And no two services publish the same host port, so both stacks can run side by side
     ports = [port for service in services.values() for port in published_host_ports(service)]
     assert len(ports) == len(set(ports)), ports
@@ -439,10 +439,11 @@ def test_compose_cluster_workers_and_flower_know_every_node_and_use_quorum_queue
     assert env["CELERY_BROKER_URL"].split(";") == [f"amqp://{user}:{password}@{n}:5672//" for n in CLUSTER_NODES]
     # And task_queue is a quorum queue, replicated on the nodes
     assert env["PROJ_QUEUE_TYPE"] == "quorum"
-    # And it starts once every node is healthy, from the same image and command as its single-broker twin
-    assert {n: d["condition"] for n, d in service["depends_on"].items()} == dict.fromkeys(
-        CLUSTER_NODES, "service_healthy"
-    )
+    # And it starts once the three nodes have joined (cluster-ready exited 0), from the same image and
+    # command as its single-broker twin
+    assert {n: d["condition"] for n, d in service["depends_on"].items()} == {
+        "cluster-ready": "service_completed_successfully"
+    }
     twin = services[name.removeprefix("cluster-")]
     assert service["build"] == twin["build"] and command_argv(service) == command_argv(twin)
     # And it has its twin's variables, plus the queue type and (for a worker) the management URL list
@@ -451,6 +452,26 @@ def test_compose_cluster_workers_and_flower_know_every_node_and_use_quorum_queue
     # And its management API list names every node's, in the broker list's order, with the same account
     broker_urls = env["CELERY_BROKER_URL"].split(";")
     assert env["PROJ_MANAGEMENT_URL"].split(";") == [management_url_from_broker(url) for url in broker_urls]
+
+
+def test_compose_cluster_ready_waits_for_three_running_nodes_once_they_are_healthy(services, resolved):
+    # Given the cluster's one-shot gate as written and as resolved
+    service, env = services["cluster-ready"], environment(resolved["services"]["cluster-ready"])
+
+    # Then it starts once every node answers its healthcheck, from the nodes' image (their own CLI)
+    assert {n: d["condition"] for n, d in service["depends_on"].items()} == dict.fromkeys(
+        CLUSTER_NODES, "service_healthy"
+    )
+    assert service["image"] == services["rabbitmq1"]["image"]
+    # And it runs once (never restarted), with the cluster's cookie, and exits 0 only once rabbitmq1
+    # counts the three nodes running (a node answers `ping` before it has joined the others)
+    assert service["restart"] == "no"
+    assert env["RABBITMQ_ERLANG_COOKIE"] == TEST_ENV["RABBITMQ_ERLANG_COOKIE"]
+    script = " ".join(service["entrypoint"])
+    assert "rabbitmqctl -q -n rabbit@rabbitmq1 await_startup" in script, script
+    assert script.endswith("exec rabbitmqctl -q -n rabbit@rabbitmq1 await_online_nodes 3 --timeout 300"), script
+    # And it publishes nothing
+    assert not service.get("ports")
 
 
 def twin_name(name: str) -> str:
@@ -952,5 +973,5 @@ def test_local_override_runs_the_app_image_for_workers_and_flower_and_the_rabbit
     # Then every app service runs the app image built from ./Dockerfile, every broker the local RabbitMQ
     for name in (*APP_SERVICES, *CLUSTER_APP_SERVICES):
         assert images[name] == "proj-local/app:local", name
-    for name in ("rabbitmq", *CLUSTER_NODES):
+    for name in ("rabbitmq", *CLUSTER_NODES, "cluster-ready"):
         assert images[name] == "proj-local/rabbitmq:local", name

@@ -28,7 +28,9 @@ import contextlib
 import dataclasses
 import json
 import random
+import re
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -53,13 +55,19 @@ HOLD_MAX = 60.0
 HOLD_MIN = 2.0
 #: After a thaw, seconds the cluster may take to be whole; a partition still recorded then is healed by a restart.
 PARTITION_AFTER_THAW = 45.0
+#: ... or as soon as a partition has been recorded this long.
+PARTITION_SEEN_FOR = 8.0
 #: How long the cluster may take to be whole again after a heal (a node restart on 2 cores: about 20 s).
 WHOLE_TIMEOUT = 240.0
+#: Seconds a blocking read or write on the publisher's connection may take (see _connection).
+PUBLISHER_SOCKET_TIMEOUT = 5.0
 #: A publish is sent again under its task id (each attempt bounded by PROJ_PUBLISH_TIMEOUT) this long.
 PUBLISH_DEADLINE = 180.0
 #: No task done for this long: the run is stuck, stop injecting.
 STALL_TIMEOUT = 180.0
 SETTLED_SAMPLES = 3
+#: Celery's log line when a worker's consumer has connected to a node.
+CONNECTED = re.compile(r"Connected to amqp://\S*@(?P<node>rabbitmq\d)[:/]")
 #: Seconds between looks at where the affected workers consume, while a fault is held.
 POLL = 0.5
 
@@ -116,8 +124,8 @@ class FaultRecord:
     healed: float | None = None
     whole: float | None = None
     affected: list[str] = dataclasses.field(default_factory=list)
-    #: Affected worker host -> seconds from the fault until the management API lists it consuming task_queue
-    #: on another node (polled every :data:`POLL` s; None: not within the hold).
+    #: Affected worker host -> seconds from the fault until it logged its connection to another node
+    #: (looked at every :data:`POLL` s; None: not within the hold).
     reconnected: dict[str, float | None] = dataclasses.field(default_factory=dict)
     #: Affected worker host -> seconds from the fault to its first task start after it reconnected (None: none yet).
     consumed_again: dict[str, float | None] = dataclasses.field(default_factory=dict)
@@ -227,6 +235,7 @@ class ComposeChaos:
         if self.cluster.ledger_dir is None:
             raise ChaosError("the compose cluster has no ledger (ComposeCluster(ledger_dir=...))")
         self.shared_ledger = self.cluster.ledger_dir / "ledger.sqlite"
+        self.worker_container_of = {self.cluster.hostname(c): c for c in self.cluster.worker_containers().values()}
         self.faults = NodeFaults(self.cluster)
         took = self.cluster.wait_whole(WHOLE_TIMEOUT)
         state.say(f" [*] the cluster is whole ({took:.0f} s): 3 nodes, {self.cluster.workers} workers consuming")
@@ -297,7 +306,12 @@ class ComposeChaos:
     def _connection(self):
         from kombu import Connection
 
-        conn = Connection(self.cluster.failover_url(), transport_options={"confirm_publish": True}, connect_timeout=3)
+        # Socket timeouts: a publish on a frozen node that times out makes kombu close that connection, and
+        # py-amqp waits for the node's close-ok with no timeout of its own (measured: one publish held 60 s,
+        # until the thaw). A confirm itself is waited for with PROJ_PUBLISH_TIMEOUT (proj/tasks.py).
+        options = {"confirm_publish": True, "read_timeout": PUBLISHER_SOCKET_TIMEOUT}
+        options["write_timeout"] = PUBLISHER_SOCKET_TIMEOUT
+        conn = Connection(self.cluster.failover_url(), transport_options=options, connect_timeout=3)
         conn.ensure_connection(max_retries=len(CLUSTER_NODES))
         return conn
 
@@ -390,7 +404,7 @@ class ComposeChaos:
         for host in record.affected:
             record.reconnected.setdefault(host, None)
             record.consumed_again.setdefault(host, None)
-        if planned.kind == "freeze":
+        if planned.kind != "crash":  # measured after a thaw and after a healed partition (a test timed out on it)
             self._restart_if_partitioned(node)
         cluster.wait_whole(WHOLE_TIMEOUT)
         record.whole = time.time()
@@ -405,48 +419,77 @@ class ComposeChaos:
         )
 
     def _measure(self, record: FaultRecord) -> None:
-        """Where each affected worker consumes now, and its first task start after it consumes elsewhere.
+        """When each affected worker connected to another node, and its first task start after that.
 
-        A task start alone would not do: a message handed over just before the fault starts just after it.
+        The worker's own log line ``Connected to amqp://...@NODE`` (docker's timestamp) says when it moved:
+        the management API lists a new consumer only with its next statistics, measured 5-8 s late, which
+        made every failover look that much slower. A task start alone would not do either: a message
+        handed over just before the fault starts just after it.
         """
-        now = time.time()
-        if any(record.reconnected.get(h) is None for h in record.affected):
-            try:
-                by_node = self.cluster.consumers_by_node()
-            except Exception:  # no node's management API answers right now: look again
-                by_node = {}
-            for other, hosts in by_node.items():
-                for host in hosts:
-                    if other != record.node and host in record.affected and record.reconnected.get(host) is None:
-                        record.reconnected[host] = now - record.begin
         self._read_ledger()
+        for host in record.affected:
+            if record.reconnected.get(host) is None:
+                moved = self._connected_elsewhere(host, record)
+                if moved is not None:
+                    record.reconnected[host] = moved
         with self.state.lock:
             for host in record.affected:
                 moved = record.reconnected.get(host)
                 if moved is None or record.consumed_again.get(host) is not None:
                     continue
-                # The poll that saw it moved came up to POLL s after the move.
-                after = [t for t in self.starts_by_host.get(host, ()) if t - record.begin >= moved - POLL]
+                after = [t for t in self.starts_by_host.get(host, ()) if t - record.begin >= moved]
                 record.consumed_again[host] = (min(after) - record.begin) if after else None
 
+    def _connected_elsewhere(self, host: str, record: FaultRecord) -> float | None:
+        """Seconds from the fault until worker ``host`` logged its connection to a node other than the fault's."""
+        container = self.worker_container_of.get(host)
+        if container is None:
+            return None
+        result = subprocess.run(
+            ["docker", "logs", "-t", "--since", f"{record.begin - 1:.3f}", container],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        for line in (result.stdout + result.stderr).splitlines():
+            match = CONNECTED.search(line)
+            if not match or match.group("node") == record.node:
+                continue
+            at = docker_timestamp(line.split(" ", 1)[0])
+            if at is not None and at >= record.begin:
+                return at - record.begin
+        return None
+
     def _restart_if_partitioned(self, node: str) -> None:
-        """A thawed node whose peers recorded a partition: restart it (what RabbitMQ's docs prescribe)."""
+        """A thawed node whose peers recorded a partition: restart it (what RabbitMQ's docs prescribe).
+
+        Measured: once recorded after a thaw, the partition stayed (pause_minority does not clear it), so
+        a record seen for :data:`PARTITION_SEEN_FOR` s running is not waited on up to the deadline.
+        """
         deadline = time.monotonic() + PARTITION_AFTER_THAW
+        seen_since = None
         while time.monotonic() < deadline:
             if self.cluster.is_whole():
                 return
+            views = {n: self.cluster.node_view(n) for n in CLUSTER_NODES}
+            if any(v and v["partitions"] for v in views.values()):
+                seen_since = seen_since or time.monotonic()
+                if time.monotonic() - seen_since >= PARTITION_SEEN_FOR:
+                    break
+            else:
+                seen_since = None
             time.sleep(1.0)
         views = {n: self.cluster.node_view(n) for n in CLUSTER_NODES}
         if not any(v and v["partitions"] for v in views.values()):
             return
         begin = time.time()
-        self.state.say(f" [!] {node} thawed into a recorded partition (pause_minority does not heal it): restarting it")
+        self.state.say(f" [!] {node} healed into a recorded partition (pause_minority does not heal it): restarting it")
         from proj.harness.compose import docker
 
         docker("restart", "-t", "30", self.cluster.container(node))
         self.cluster.wait_whole(WHOLE_TIMEOUT)
         self.state.faults.append(
-            checker.Fault("restart_after_thaw", begin, time.time(), note=f"node {node}: partition after thaw")
+            checker.Fault("restart_after_heal", begin, time.time(), note=f"node {node}: partition recorded after heal")
         )
 
     # -- the end -------------------------------------------------------------------------------------
@@ -548,6 +591,16 @@ class ComposeChaos:
 
     def _refused_within(self, begin: float, end: float) -> float:
         return sum(max(0.0, min(e, end) - max(b, begin)) for b, e in self.refused)
+
+
+def docker_timestamp(stamp: str) -> float | None:
+    """``docker logs -t``'s RFC 3339 time (nanoseconds, Z) as a Unix time."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return None
 
 
 def _r(x: float | None) -> float | None:

@@ -360,17 +360,17 @@ class ComposeCluster(ComposeProject):
     # -- up and whole ------------------------------------------------------------------------------
 
     def up(self, timeout: float = 300.0) -> None:
+        """Nodes and workers in one ``up``, as a user runs it: compose's own order does the rest.
+
+        Compose starts the nodes, waits for their healthchecks, runs ``cluster-ready`` (a one-shot that
+        exits once rabbitmq1 counts three running nodes: a node's ``rabbitmq-diagnostics ping`` passes
+        before it has joined the others) and only then the workers, so the first worker to declare
+        task_queue makes it a quorum queue on all three nodes. Then: until :meth:`is_whole`.
+        """
         if self.ledger_dir is not None:
             prepare_ledger_dir(self.ledger_dir)
         self.write_worker_override()
-        # The nodes first, and the workers once all three have joined: the first worker to declare task_queue
-        # makes it a quorum queue on the nodes that are in the cluster at that moment, and a node joining
-        # later holds no replica (RabbitMQ 3.10 does not grow it; `rabbitmq-queues grow` would). Compose's
-        # service_healthy is only `rabbitmq-diagnostics ping`, which a node answers before it has joined:
-        # measured here, task_queue came up on two nodes, and one fault then stopped it.
-        self.compose("up", "-d", "--no-build", *CLUSTER_NODES, timeout=timeout)
-        self.wait_whole(timeout, workers=False)
-        self.compose("up", "-d", "--no-build", *self.worker_services(), timeout=timeout)
+        self.compose("up", "-d", "--no-build", *CLUSTER_NODES, *self.worker_services(), timeout=timeout)
         self.wait_whole(timeout)
 
     def node_view(self, node: str) -> dict | None:

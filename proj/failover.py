@@ -1,0 +1,57 @@
+"""A worker whose broker node froze fails over without waiting on that node again.
+
+When the worker's connection is lost (a frozen node: missed heartbeats), Celery's consumer restarts
+its bootsteps. The restart's Events step first closes the *old* event connection, to the same node, and
+waits for the node's channel close-ok, then its connection close-ok: a frozen node sends neither, so
+each wait lasts the event connection's socket timeout (proj/consumer.py's EVENTS_SOCKET_TIMEOUT, 5 s).
+Measured on the compose cluster (a ``docker pause``d node): the worker connected to the next node,
+then sat 10 s in that close; the new connection's heartbeats went unsent meanwhile, and a second
+restart followed. Then Mingle's hello to the other workers went out through the app's producer pool,
+whose connection (made at start, to the first node of the list) led to the frozen node: it waited for
+a publisher confirm that never came, for minutes, and the new connection was closed for missed
+heartbeats meanwhile. Freeze failover took 34-60 s, sometimes several minutes.
+
+:class:`BoundOldEventConnection` is a consumer bootstep whose ``stop`` (run by every restart, before
+the steps start again) gives the old event connection's socket a short timeout, only when the
+consumer's own connection was dropped after an error (Celery sets it to None then; a warm shutdown
+keeps it, and sends its last events as before). A node that answers closes in milliseconds; a
+frozen one costs 2 x :data:`CLOSE_TIMEOUT`. The same step makes the worker's remote-control mailbox
+publish on the connection it is given (the consumer's, on the node it just reached) instead of the
+producer pool: Mingle's hello and the replies to ``celery inspect`` (what ``proj/chaos/watch.py`` does
+for its own client).
+"""
+
+from __future__ import annotations
+
+from celery import bootsteps
+from celery.utils.threads import bound_open_broker_sockets
+
+#: Seconds the old event connection may wait for each close-ok after the consumer lost its connection.
+CLOSE_TIMEOUT = 0.5
+
+
+class BoundOldEventConnection(bootsteps.StartStopStep):
+    """Bound the old event connection's close after a connection error (see the module's docstring)."""
+
+    label = "proj: bound the old event connection"
+    requires = ("celery.worker.consumer.connection:Connection",)
+
+    def __init__(self, c, **kwargs):
+        super().__init__(c, **kwargs)
+        c.app.control.mailbox.producer_pool = None
+
+    def start(self, c):
+        pass
+
+    def stop(self, c):
+        dispatcher = getattr(c, "event_dispatcher", None)
+        if c.connection is None and dispatcher is not None and dispatcher.connection is not None:
+            bound_open_broker_sockets(dispatcher.connection, CLOSE_TIMEOUT)
+
+    def shutdown(self, c):
+        pass
+
+
+def install(app) -> None:
+    """Add the bootstep to ``app``'s workers."""
+    app.steps["consumer"].add(BoundOldEventConnection)
