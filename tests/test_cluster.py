@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,25 +86,49 @@ def quorum_cluster(cluster) -> Cluster:
 
 
 def heal(cluster: Cluster, timeout: float = 60) -> None:
-    """Every node running and in the cluster. A node still cut off after ``timeout`` (a thawed node that
-    pause_minority left partitioned from the others) is restarted: what an operator does."""
+    """Every node running and in the cluster, what an operator does after a partition.
+
+    A node still cut off after ``timeout`` (a thawed node that pause_minority left partitioned from the
+    others) is restarted: the one the most members name in their partitions, as RabbitMQ's partitions
+    guide says (restart the minority). If the cluster is still not whole, every node is restarted with
+    its data (a partition record that outlives the restart of the minority, seen on a loaded machine).
+    """
     for n in range(1, SIZE + 1):
         if not cluster.node(n).is_running():
             cluster.start_node(n)
+    if _healthy_within(cluster, timeout):
+        return
+    for n in _cut_off(cluster):
+        if cluster.node(n).is_running():
+            cluster.kill_node(n)
+        ports = (cluster.node(n).port, cluster.node(n).management_port)
+        wait_until(lambda ports=ports: all(port_is_free(p) for p in ports), what="the node's ports free")
+        cluster.start_node(n)
+    if _healthy_within(cluster, timeout):
+        return
+    cluster.restart(NODE_TIMEOUT)
+    assert _healthy_within(cluster, NODE_TIMEOUT), f"the cluster whole again after a restart: {cluster.status()}"
+
+
+def _healthy_within(cluster: Cluster, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while (status := cluster.status())["health"] != "healthy":
+    while cluster.status()["health"] != "healthy":
         if time.monotonic() > deadline:
-            for node in status["nodes"]:
-                if not node["in_cluster"] or node["node_name"] in status["partitions"]:
-                    n = node["number"]
-                    if cluster.node(n).is_running():
-                        cluster.kill_node(n)
-                    ports = (cluster.node(n).port, cluster.node(n).management_port)
-                    wait_until(lambda ports=ports: all(port_is_free(p) for p in ports), what="the node's ports free")
-                    cluster.start_node(n)
-            wait_until(lambda: cluster.status()["health"] == "healthy", NODE_TIMEOUT, "the cluster whole again")
-            return
-        time.sleep(1)
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def _cut_off(cluster: Cluster) -> list[int]:
+    """The nodes to restart: out of the cluster, or named as partitioned by the most members."""
+    status = cluster.status()
+    named = Counter(p for m in cluster.cluster_view() for p in m["partitions"])
+    most = max(named.values(), default=0)
+    return [
+        node["number"]
+        for node in status["nodes"]
+        if not node["in_cluster"] or (most and named[node["node_name"]] == most)
+    ]
 
 
 @pytest.fixture
@@ -441,6 +466,35 @@ def test_delay_right_after_the_queue_leaders_node_dies_is_confirmed_without_an_e
     print(f"{len(seen) - len(set(seen))} of {len(ids)} messages queued twice")
 
 
+def all_members_online(cluster: Cluster, timeout: float = 30) -> None:
+    """Wait until every member of task_queue runs; re-add one whose node is up but whose member is not.
+
+    RabbitMQ 3.10 measured: a node SIGKILLed 1.5 s after task_queue was declared came back without its
+    member (`recover: quorum queue '%2F_task_queue' could not be restarted {error,enoent}` in its log):
+    it had not yet written the member down. The queue then has two live members, and the next node
+    down stops it. The operator's repair, `rabbitmq-queues delete_member` and `add_member`, is done here.
+    """
+
+    def online() -> bool:
+        queue = next((q for q in cluster.quorum_queues() if q["name"] == config.QUEUE_NAME), None)
+        return bool(queue) and len(queue["members"]) == SIZE and queue["online"] == queue["members"]
+
+    deadline = time.monotonic() + timeout
+    while not online():
+        if time.monotonic() > deadline:
+            queue = next((q for q in cluster.quorum_queues() if q["name"] == config.QUEUE_NAME), None)
+            missing = sorted(set(cluster.node_names) - set((queue or {}).get("online") or []))
+            for name in missing:
+                node = cluster.node(cluster.node_names.index(name) + 1)
+                for command in ("delete_member", "add_member"):
+                    out = node.rabbitmq_queues(command, config.QUEUE_NAME, name)
+                    said = (out.stdout + out.stderr).strip()
+                    print(f"rabbitmq-queues {command} {config.QUEUE_NAME} {name}: exit {out.returncode}: {said}")
+            wait_until(online, NODE_TIMEOUT, f"every member of task_queue online again (re-added {missing})")
+            return
+        time.sleep(0.5)
+
+
 def test_three_node_kills_in_turn_lose_no_confirmed_task(cluster_worker, quorum_cluster):
     # Given three workers, one starting at each node, and a producer publishing tasks all along
     cluster = quorum_cluster
@@ -484,6 +538,8 @@ def test_three_node_kills_in_turn_lose_no_confirmed_task(cluster_worker, quorum_
         for n in range(1, SIZE + 1):
             before = done()
             progress(lambda b=before: done() >= b + 10 or failures, f"work before kill {n}")
+            # (what an operator checks before taking a node down: no node is quorum-critical)
+            all_members_online(cluster)
             cluster.kill_node(n)
             kills.append(n)
             down = done()

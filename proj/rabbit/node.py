@@ -391,6 +391,18 @@ class Node:
             timeout=timeout,
         )
 
+    def rabbitmq_queues(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run ``rabbitmq-queues -n NODE ARGS`` against this node (quorum queue members)."""
+        bin_dir = find_rabbitmq_bin()
+        return subprocess.run(
+            [str(bin_dir / "rabbitmq-queues"), "-n", self.node_name, *args],
+            env=self.env(),
+            cwd=self.data_dir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
     def run_foreground(self) -> int:
         """Start, then stay attached until SIGINT or SIGTERM, then stop cleanly (for the Procfile)."""
         stopping = []
