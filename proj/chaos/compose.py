@@ -242,6 +242,10 @@ class ComposeChaos:
 
     def _teardown(self) -> None:
         if self.own_cluster and self.cluster is not None:
+            # The nodes' and workers' own words, for a verdict to be traced after the containers are gone.
+            with contextlib.suppress(Exception):
+                saved = self.cluster.save_logs(self.state.run_dir / "containers.log")
+                self.state.say(f" [*] the containers' logs: {saved}")
             if self.settings.keep:
                 self.state.say(f" [*] left running: compose project {self.cluster.project}")
             else:

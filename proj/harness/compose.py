@@ -149,6 +149,12 @@ class ComposeProject:
     def down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", "-t", "20", check=False)
 
+    def save_logs(self, path: Path) -> Path:
+        """Every container's log, timestamped, into ``path`` (before ``down`` removes them)."""
+        result = self.compose("logs", "--no-color", "--timestamps", check=False, timeout=120)
+        path.write_text(result.stdout + result.stderr)
+        return path
+
     def tail(self, lines: int = 40) -> str:
         result = self.compose("logs", "--no-color", f"--tail={lines}", check=False)
         return result.stdout + result.stderr
