@@ -40,16 +40,10 @@ class BoundOldEventConnection(bootsteps.StartStopStep):
         super().__init__(c, **kwargs)
         c.app.control.mailbox.producer_pool = None
 
-    def start(self, c):
-        pass
-
     def stop(self, c):
         dispatcher = getattr(c, "event_dispatcher", None)
         if c.connection is None and dispatcher is not None and dispatcher.connection is not None:
             bound_open_broker_sockets(dispatcher.connection, CLOSE_TIMEOUT)
-
-    def shutdown(self, c):
-        pass
 
 
 def install(app) -> None:

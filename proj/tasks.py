@@ -47,19 +47,23 @@ class MessageTask(Task):
             from kombu.utils.uuid import uuid
 
             options["task_id"] = uuid()
-        if options.get("retry") is False:
-            try:
-                return self._publish_once(args, kwargs, rest, options)
-            except _Nacked as nacked:
-                raise nacked.error from None
-        deadline = time.monotonic() + config.PUBLISH_TIMEOUT
-        pause = NACK_RETRY_FIRST_PAUSE
+        started = time.monotonic()
+        # retry=False: the first nack is the caller's (it re-sends by itself, and counts it).
+        deadline = started + (0.0 if options.get("retry") is False else config.PUBLISH_TIMEOUT)
+        pause, sends = NACK_RETRY_FIRST_PAUSE, 0
         while True:
             try:
                 return self._publish_once(args, kwargs, rest, options)
             except _Nacked as nacked:
+                sends += 1
                 if time.monotonic() + pause > deadline:
-                    raise nacked.error from None
+                    raise PublishError(
+                        f"RabbitMQ refused the message for queue {nacked.queue!r} (basic.nack), sent {sends} "
+                        f"time(s) over {time.monotonic() - started:.1f} s (PROJ_PUBLISH_TIMEOUT="
+                        f"{config.PUBLISH_TIMEOUT:g}): the queue may be full (x-max-length with x-overflow "
+                        "reject-publish), have no leader (a quorum queue without a majority of its nodes) "
+                        "or the broker be out of resources"
+                    ) from None
                 time.sleep(pause)
                 pause = min(pause * 2, NACK_RETRY_MAX_PAUSE)
 
@@ -73,14 +77,7 @@ class MessageTask(Task):
             return super().apply_async(args, kwargs, *rest, **options)
         except (MessageNacked, OperationalError) as exc:
             if isinstance(exc, MessageNacked) or _caused_by(exc, MessageNacked):
-                raise _Nacked(
-                    PublishError(
-                        f"RabbitMQ refused the message for queue {queue!r} (basic.nack) for "
-                        f"{config.PUBLISH_TIMEOUT:g} s (PROJ_PUBLISH_TIMEOUT): the queue may be full "
-                        "(x-max-length with x-overflow reject-publish), have no leader (a quorum queue "
-                        "without a majority of its nodes) or the broker be out of resources"
-                    )
-                ) from None
+                raise _Nacked(queue) from None
             # the broker could not be reached within PROJ_PUBLISH_TIMEOUT
             from proj.rabbit.management import hide_password
 
@@ -99,9 +96,9 @@ NACK_RETRY_MAX_PAUSE = 1.0
 class _Nacked(Exception):
     """A basic.nack: worth sending the same message again until the publish timeout."""
 
-    def __init__(self, error: PublishError):
-        super().__init__(str(error))
-        self.error = error
+    def __init__(self, queue: str):
+        super().__init__(queue)
+        self.queue = queue
 
 
 def _caused_by(exc: BaseException, kind: type) -> bool:

@@ -475,24 +475,24 @@ def all_members_online(cluster: Cluster, timeout: float = 30) -> None:
     down stops it. The operator's repair, `rabbitmq-queues delete_member` and `add_member`, is done here.
     """
 
-    def online() -> bool:
-        queue = next((q for q in cluster.quorum_queues() if q["name"] == config.QUEUE_NAME), None)
-        return bool(queue) and len(queue["members"]) == SIZE and queue["online"] == queue["members"]
+    def task_queue() -> dict:
+        return next((q for q in cluster.quorum_queues() if q["name"] == config.QUEUE_NAME), {})
 
-    deadline = time.monotonic() + timeout
-    while not online():
-        if time.monotonic() > deadline:
-            queue = next((q for q in cluster.quorum_queues() if q["name"] == config.QUEUE_NAME), None)
-            missing = sorted(set(cluster.node_names) - set((queue or {}).get("online") or []))
-            for name in missing:
-                node = cluster.node(cluster.node_names.index(name) + 1)
-                for command in ("delete_member", "add_member"):
-                    out = node.rabbitmq_queues(command, config.QUEUE_NAME, name)
-                    said = (out.stdout + out.stderr).strip()
-                    print(f"rabbitmq-queues {command} {config.QUEUE_NAME} {name}: exit {out.returncode}: {said}")
-            wait_until(online, NODE_TIMEOUT, f"every member of task_queue online again (re-added {missing})")
-            return
-        time.sleep(0.5)
+    def online() -> bool:
+        queue = task_queue()
+        return len(queue.get("members") or []) == SIZE and queue["online"] == queue["members"]
+
+    try:
+        wait_until(online, timeout, "every member of task_queue online")
+    except AssertionError:
+        missing = sorted(set(cluster.node_names) - set(task_queue().get("online") or []))
+        for name in missing:
+            node = cluster.node(cluster.node_names.index(name) + 1)
+            for command in ("delete_member", "add_member"):
+                out = node.rabbitmq_queues(command, config.QUEUE_NAME, name)
+                said = (out.stdout + out.stderr).strip()
+                print(f"rabbitmq-queues {command} {config.QUEUE_NAME} {name}: exit {out.returncode}: {said}")
+        wait_until(online, NODE_TIMEOUT, f"every member of task_queue online again (re-added {missing})")
 
 
 def test_three_node_kills_in_turn_lose_no_confirmed_task(cluster_worker, quorum_cluster):

@@ -95,9 +95,10 @@ def test_with_retry_false_a_nack_reaches_the_caller_at_once_for_it_to_send_again
 
         # When a second message is published with retry=False (a caller that re-sends by itself)
         started = time.monotonic()
-        with pytest.raises(PublishError, match="refused the message for queue 'limited'"):
+        with pytest.raises(PublishError, match="refused the message for queue 'limited'") as raised:
             work.apply_async(args=["Second."], queue=limited, connection=conn, ignore_result=True, retry=False)
         waited = time.monotonic() - started
+    assert "sent 1 time(s)" in str(raised.value)
 
     # Then the first nack reached the caller: not re-sent until the timeout, which the caller counts on
     assert waited < config.PUBLISH_TIMEOUT / 2, f"PublishError after {waited:.1f} s"

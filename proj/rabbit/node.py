@@ -381,21 +381,15 @@ class Node:
 
     def rabbitmqctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run ``rabbitmqctl -n NODE ARGS`` against this node (the tutorial's inspection tool)."""
-        bin_dir = find_rabbitmq_bin()
-        return subprocess.run(
-            [str(bin_dir / "rabbitmqctl"), "-n", self.node_name, *args],
-            env=self.env(),
-            cwd=self.data_dir,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return self._cli("rabbitmqctl", args, timeout)
 
     def rabbitmq_queues(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run ``rabbitmq-queues -n NODE ARGS`` against this node (quorum queue members)."""
-        bin_dir = find_rabbitmq_bin()
+        return self._cli("rabbitmq-queues", args, timeout)
+
+    def _cli(self, tool: str, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(bin_dir / "rabbitmq-queues"), "-n", self.node_name, *args],
+            [str(find_rabbitmq_bin() / tool), "-n", self.node_name, *args],
             env=self.env(),
             cwd=self.data_dir,
             capture_output=True,
