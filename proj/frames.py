@@ -44,12 +44,43 @@ def _longstr_item(value: str) -> bytes:
     return b"S" + struct.pack(">I", len(raw)) + raw
 
 
+def method_frame(channel_id: int, method: tuple[int, int], argsig: str, args: tuple) -> bytes:
+    """One method frame, its arguments encoded by amqp's own serializer (as ``Channel.send_method``)."""
+    payload = struct.pack(">HH", *method) + amqp_dumps(argsig, args)
+    return struct.pack(">BHI", METHOD, channel_id, len(payload)) + payload + FRAME_END
+
+
+def publish_frame(channel_id: int, exchange: str, routing_key: str) -> bytes:
+    """The basic.publish method frame (not mandatory, not immediate), as amqp encodes it."""
+    return method_frame(channel_id, (BASIC_CLASS, BASIC_PUBLISH), "Bssbb", (0, exchange, routing_key, False, False))
+
+
+def content_frames(method_frame: bytes, channel_id: int, properties: bytes, body: bytes, chunk: int) -> bytes:
+    """A whole message: its basic.publish frame, the content header (``properties`` encoded), the body frames."""
+    header = struct.pack(">HHQ", BASIC_CLASS, 0, len(body)) + properties
+    out = [method_frame, struct.pack(">BHI", HEADER, channel_id, len(header)), header, FRAME_END]
+    for i in range(0, len(body), chunk):
+        part = body[i : i + chunk]
+        out += (struct.pack(">BHI", BODY, channel_id, len(part)), part, FRAME_END)
+    return b"".join(out)
+
+
 class Template:
     """One task's message frames, per (task id, message), for one channel with ``frame_max``."""
 
-    def __init__(self, app, task_name: str, channel_id: int, frame_max: int, queue: str = config.QUEUE_NAME):
+    def __init__(
+        self,
+        app,
+        task_name: str,
+        channel_id: int,
+        frame_max: int,
+        queue: str = config.QUEUE_NAME,
+        reply_to: str | None = None,
+        ignore_result: bool = True,
+    ):
+        # As Celery's send_task builds it (reply_to: the sender's rpc reply queue, app.thread_oid).
         headers, properties, body, sent_event = app.amqp.create_task_message(
-            _SAMPLE_ID, task_name, ["x"], {}, create_sent_event=True, ignore_result=True
+            _SAMPLE_ID, task_name, ["x"], {}, reply_to=reply_to, create_sent_event=True, ignore_result=ignore_result
         )
         self.headers = headers
         self.properties = properties
@@ -60,9 +91,8 @@ class Template:
         self.body_head, self.body_tail = json_dumps(([_SAMPLE_ID], *body[1:])).split(json_dumps(_SAMPLE_ID))
         self.chunk = frame_max - 8
         self.channel_id = channel_id
-        #: The task-sent event's fields but the task's own (uuid, root_id, args), as send_task_message adds them.
-        self.sent_fields = {k: v for k, v in sent_event.items() if k not in ("uuid", "root_id", "args")}
-        self.sent_fields.update(queue=queue, exchange="", routing_key=queue)
+        #: The task-sent event's fields (uuid, root_id and args replaced per task), as send_task_message adds them.
+        self.sent_fields = dict(sent_event, queue=queue, exchange="", routing_key=queue)
         # The headers table in pieces: constant runs encoded once by amqp, and the slots that vary.
         self.pieces: list[bytes | str] = []
         run: dict = {}
@@ -80,9 +110,7 @@ class Template:
         self.props_head = struct.pack(">H", _FLAGS) + _shortstr(CONTENT_TYPE) + _shortstr(CONTENT_ENCODING)
         self.props_mid = bytes([PERSISTENT, PRIORITY])
         self.props_tail = _shortstr(self.reply_to)
-        args = amqp_dumps("Bssbb", (0, "", queue, False, False))
-        method = struct.pack(">HH", BASIC_CLASS, BASIC_PUBLISH) + args
-        self.method_frame = struct.pack(">BHI", METHOD, channel_id, len(method)) + method + FRAME_END
+        self.method_frame = publish_frame(channel_id, "", queue)
         self._check(headers, json_dumps(body).encode("utf-8"))
 
     def argsrepr(self, message: str) -> str:
@@ -103,19 +131,14 @@ class Template:
 
     def frames(self, task_id: str, message: str, argsrepr: str) -> bytes:
         """basic.publish, the content header and the body frames of one task message."""
-        body = self.body(message)
-        props = self.properties_of(task_id, argsrepr)
-        header = struct.pack(">HHQ", BASIC_CLASS, 0, len(body)) + props
-        ch = self.channel_id
-        out = [self.method_frame, struct.pack(">BHI", HEADER, ch, len(header)), header, FRAME_END]
-        for i in range(0, len(body), self.chunk):
-            part = body[i : i + self.chunk]
-            out += (struct.pack(">BHI", BODY, ch, len(part)), part, FRAME_END)
-        return b"".join(out)
+        return content_frames(
+            self.method_frame, self.channel_id, self.properties_of(task_id, argsrepr), self.body(message), self.chunk
+        )
 
     def sent_event(self, task_id: str, argsrepr: str) -> dict:
         """The task-sent event's fields, as Celery's send_task_message hands them to the event dispatcher."""
-        return {"uuid": task_id, "root_id": task_id, "args": argsrepr, **self.sent_fields}
+        # In Celery's order (the event's JSON is then the very one Celery's path sends).
+        return {**self.sent_fields, "uuid": task_id, "root_id": task_id, "args": argsrepr}
 
     def _check(self, headers: dict, body: bytes) -> None:
         """The template encodes Celery's sample message as amqp does, or it is not used at all."""
@@ -131,3 +154,27 @@ class Template:
         )._serialize_properties()
         if self.properties_of(_SAMPLE_ID, headers["argsrepr"]) != expected or self.body("x") != body:
             raise RuntimeError("proj.frames: the task message template does not encode as amqp does")
+
+
+class EventTemplate:
+    """One event dispatcher's events of one type as frames for one channel, as kombu's ``Producer.publish``
+    writes them for Celery's ``EventDispatcher.publish``: to its exchange (``celeryev``) with the routing
+    key from the type (``task.sent``), JSON, the dispatcher's headers and delivery mode. Only the body
+    (the event, JSON-encoded by kombu's own encoder, as kombu does) differs from one event to the next."""
+
+    def __init__(self, dispatcher, type: str, channel_id: int, frame_max: int):
+        self.channel_id = channel_id
+        self.chunk = frame_max - 8
+        self.method_frame = publish_frame(channel_id, dispatcher.exchange.name, type.replace("-", "."))
+        self.properties = Message(
+            b"",
+            content_type=CONTENT_TYPE,
+            content_encoding=CONTENT_ENCODING,
+            application_headers=dispatcher.headers,
+            delivery_mode=dispatcher.delivery_mode,
+            priority=PRIORITY,  # kombu's Producer.publish default
+        )._serialize_properties()
+
+    def frames(self, event: dict) -> bytes:
+        body = json_dumps(event).encode("utf-8")
+        return content_frames(self.method_frame, self.channel_id, self.properties, body, self.chunk)

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import weakref
 
+from amqp import spec
 from celery._state import task_join_will_block
 from celery.backends.rpc import RPCBackend as CeleryRPCBackend
+
+from proj import frames
 
 
 class RPCBackend(CeleryRPCBackend):
@@ -23,6 +26,32 @@ class RPCBackend(CeleryRPCBackend):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._reply_queues: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._declare_frames: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def declare_frame(self, channel) -> bytes | None:
+        """The reply queue's nowait ``queue.declare`` on ``channel`` as a ready-made frame, for a sender
+        that writes the task's frames itself (proj/fastpath.py writes both with one system call): what
+        kombu's ``Queue.declare(nowait=True)`` sends for this queue, which is one queue.declare on the
+        default exchange. None where kombu would send more (an exchange or bindings to declare)."""
+        found = self._declare_frames.get(channel)
+        if found is None:
+            queue = self.binding
+            if queue.no_declare or (queue.exchange is not None and queue.exchange.name) or queue.bindings:
+                return None
+            # kombu's Queue.queue_declare: the arguments as the transport's channel prepares them.
+            arguments = channel.prepare_queue_arguments(
+                queue.queue_arguments or {},
+                expires=queue.expires,
+                message_ttl=queue.message_ttl,
+                max_length=queue.max_length,
+                max_length_bytes=queue.max_length_bytes,
+                max_priority=queue.max_priority,
+            )
+            args = (0, queue.name, False, queue.durable, queue.exclusive, queue.auto_delete, True, arguments)
+            found = self._declare_frames[channel] = frames.method_frame(
+                channel.channel_id, spec.Queue.Declare, "BsbbbbbF", args
+            )
+        return found
 
     def on_task_call(self, producer, task_id):
         # As Celery: a pool process (task_join_will_block) has its reply queue declared already.

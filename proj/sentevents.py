@@ -15,10 +15,14 @@ from celery.events.dispatcher import EventDispatcher
 from celery.utils.log import get_logger
 from kombu import Producer
 
+from proj.frames import EventTemplate
+
 logger = get_logger(__name__)
 
 #: One unconfirmed channel per AMQP connection (a reconnection is a new connection, with a new channel).
 _producers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Event frames per event channel and type (SentEvents.publish_written).
+_templates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def event_producer(connection) -> Producer:
@@ -49,6 +53,32 @@ class SentEvents(EventDispatcher):
         except Exception as exc:
             logger.warning("task event %s not published (the task itself is queued): %r", type, exc)
             return None
+
+    def publish_written(self, type: str, fields: dict, producer) -> None:
+        """:meth:`publish`, the event written as ready-made frames (proj/frames.py) once the event channel's
+        connection has declared the event exchange (kombu's ``Producer.publish`` encoded the same
+        headers anew for every event: a third of a ``.delay()``'s own time)."""
+        try:
+            connection = producer.connection
+            if hash(self.exchange) not in connection.declared_entities:
+                self.publish(type, fields, producer)  # declares the exchange, once per connection
+                return
+            channel = event_producer(connection).channel
+            templates = _templates.get(channel)
+            if templates is None:
+                templates = _templates[channel] = {}
+            template = templates.get(type)
+            if template is None:
+                template = templates[type] = EventTemplate(
+                    self, type, channel.channel_id, connection.connection.frame_max
+                )
+            event = self._prepare_event(type, fields)
+            with self.mutex:
+                amqp_connection = connection.connection
+                amqp_connection.transport.write(template.frames(event))
+                amqp_connection.bytes_sent += 1  # amqp's heartbeat bookkeeping: "something was sent"
+        except Exception as exc:
+            logger.warning("task event %s not published (the task itself is queued): %r", type, exc)
 
     def publish_many(self, type: str, fields: list[dict], connection, per_message: int) -> None:
         """Events of many tasks, ``per_message`` to an event message (Celery's receivers, Flower's too,

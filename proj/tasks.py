@@ -6,7 +6,7 @@ import time
 
 from celery import Task, shared_task
 
-from proj import config, deadletter, ledger, queues, sentevents
+from proj import config, deadletter, fastpath, ledger, queues, sentevents
 from proj.console import say
 
 #: The task's name in every message: what producers put in the ``task`` header and workers look up.
@@ -74,6 +74,11 @@ class MessageTask(Task):
         from kombu.exceptions import OperationalError
 
         try:
+            if fastpath.eligible(self, args, kwargs, rest, options):
+                try:
+                    return fastpath.send(self, args[0], options)
+                except fastpath.Unavailable:
+                    pass  # Celery's path: it connects, declares task_queue, selects confirms or reconnects
             return super().apply_async(args, kwargs, *rest, **options)
         except (MessageNacked, OperationalError) as exc:
             if isinstance(exc, MessageNacked) or _caused_by(exc, MessageNacked):

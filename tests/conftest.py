@@ -8,12 +8,14 @@ ended by PID (process group) on teardown, also when the test fails.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Callable, Iterator
 
 import pytest
-from helpers import SECONDS_PER_DOT, TIMEOUT, forget_producer_connections, mgmt_for, start_private_node
+from helpers import SECONDS_PER_DOT, TIMEOUT, forget_producer_connections, mgmt_for, start_private_node, wait_until
 
 from proj import config
+from proj.celery import app
 from proj.harness.events import EventRecorder
 from proj.harness.workers import WorkerProcess
 from proj.rabbit.management import Management
@@ -108,3 +110,34 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         return SLOW_MODULES.index(name) + 1 if name in SLOW_MODULES else 0
 
     items.sort(key=slowness)  # stable: the file order within each group is kept
+
+
+LIMIT_POLICY = "test-limit-of-three"
+
+
+@pytest.fixture
+def queue_of_three(fresh_queue, mgmt):
+    """task_queue that holds three messages and refuses (basic.nack) the rest: x-overflow reject-publish."""
+    vhost = urllib.parse.quote(mgmt.vhost, safe="")
+    mgmt.request(
+        "PUT",
+        f"policies/{vhost}/{LIMIT_POLICY}",
+        {
+            "pattern": f"^{config.QUEUE_NAME}$",
+            "definition": {"max-length": 3, "overflow": "reject-publish"},
+            "apply-to": "queues",
+            "priority": 100,
+        },
+    )
+    try:
+        with app.connection_for_write(fresh_queue.url) as conn:
+            config.task_queues[0].bind(conn.default_channel).declare()
+
+        def limited() -> bool:
+            policy = (mgmt.queue(config.QUEUE_NAME) or {}).get("effective_policy_definition") or {}
+            return policy.get("max-length") == 3
+
+        wait_until(limited, TIMEOUT, "the limit policy applied to task_queue")
+        yield fresh_queue
+    finally:
+        mgmt.request("DELETE", f"policies/{vhost}/{LIMIT_POLICY}")

@@ -107,6 +107,21 @@ def queue_depth(url: str, name: str = config.QUEUE_NAME) -> int:
         return conn.default_channel.queue_declare(name, passive=True).message_count
 
 
+def take_raw(url: str) -> list:
+    """Every message in task_queue as the broker hands it out (amqp Message), removed from it."""
+    taken = []
+    with Connection(url) as conn:
+        while (message := conn.default_channel.basic_get(config.QUEUE_NAME, no_ack=True)) is not None:
+            taken.append(message)
+    return taken
+
+
+def without_ids(message) -> tuple[dict, dict, bytes]:
+    properties = {k: v for k, v in message.properties.items() if k not in ("application_headers", "correlation_id")}
+    headers = {k: v for k, v in message.headers.items() if k not in ("id", "root_id")}
+    return properties, headers, message.body
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT, what: str = "", interval: float = 0.1):
     """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout

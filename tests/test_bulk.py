@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import urllib.parse
 from pathlib import Path
 
 import pytest
-from helpers import TIMEOUT, queue_depth, wait_until
+from helpers import TIMEOUT, queue_depth, take_raw, wait_until, without_ids
 from kombu import Connection
 
 from proj import config
@@ -19,7 +18,6 @@ from proj.celery import app
 from proj.tasks import send_many
 
 NEW_TASK = Path(sys.executable).with_name("new-task")
-LIMIT_POLICY = "test-bulk-limit"
 
 
 def run_new_task(argv: list[str], broker_url: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -44,34 +42,6 @@ def take_all(url: str) -> list[tuple[str, list]]:
         while (message := conn.default_channel.basic_get(config.QUEUE_NAME, no_ack=True)) is not None:
             taken.append((message.headers["id"], json.loads(message.body)[0]))
     return taken
-
-
-@pytest.fixture
-def queue_of_three(fresh_queue, mgmt):
-    """task_queue that holds three messages and refuses (basic.nack) the rest: x-overflow reject-publish."""
-    vhost = urllib.parse.quote(mgmt.vhost, safe="")
-    mgmt.request(
-        "PUT",
-        f"policies/{vhost}/{LIMIT_POLICY}",
-        {
-            "pattern": f"^{config.QUEUE_NAME}$",
-            "definition": {"max-length": 3, "overflow": "reject-publish"},
-            "apply-to": "queues",
-            "priority": 100,
-        },
-    )
-    try:
-        with app.connection_for_write(fresh_queue.url) as conn:
-            config.task_queues[0].bind(conn.default_channel).declare()
-
-        def limited() -> bool:
-            policy = (mgmt.queue(config.QUEUE_NAME) or {}).get("effective_policy_definition") or {}
-            return policy.get("max-length") == 3
-
-        wait_until(limited, TIMEOUT, "the limit policy applied to task_queue")
-        yield fresh_queue
-    finally:
-        mgmt.request("DELETE", f"policies/{vhost}/{LIMIT_POLICY}")
 
 
 def test_send_many_returns_when_every_message_is_confirmed_and_each_runs_once(
@@ -196,21 +166,6 @@ def celery_published(url: str, message: str) -> None:
     with app.connection_for_write(url) as conn:
         task = app.amqp.create_task_message(uuid(), TASK_NAME, [message], {}, ignore_result=True)
         app.amqp.send_task_message(app.amqp.Producer(conn), TASK_NAME, task, queue=config.QUEUE_NAME)
-
-
-def take_raw(url: str) -> list:
-    """Every message in task_queue as the broker hands it out (amqp Message), removed from it."""
-    taken = []
-    with Connection(url) as conn:
-        while (message := conn.default_channel.basic_get(config.QUEUE_NAME, no_ack=True)) is not None:
-            taken.append(message)
-    return taken
-
-
-def without_ids(message) -> tuple[dict, dict, bytes]:
-    properties = {k: v for k, v in message.properties.items() if k not in ("application_headers", "correlation_id")}
-    headers = {k: v for k, v in message.headers.items() if k not in ("id", "root_id")}
-    return properties, headers, message.body
 
 
 def test_send_many_puts_in_task_queue_the_very_message_celery_builds(fresh_queue):
