@@ -26,12 +26,11 @@ import socket
 import weakref
 from contextlib import nullcontext
 
-from amqp import spec
 from amqp.exceptions import MessageNacked
 from celery import signals
 from celery._state import task_join_will_block
 
-from proj import config, frames, sentevents
+from proj import config, confirms, frames, sentevents
 
 #: The apply_async options the fast path knows (proj's MessageTask sets the first four itself).
 PLAIN_OPTIONS = frozenset(
@@ -151,11 +150,12 @@ def send(task, message: str, options):
                     data = declare + data
             amqp_conn.transport.write(data)
             amqp_conn.bytes_sent += 1  # amqp's heartbeat bookkeeping: "something was sent"
-            channel.wait(
-                [spec.Basic.Ack, spec.Basic.Nack], callback=_on_confirm, timeout=options.get("confirm_timeout")
-            )
+            confirms.wait_for_confirm(channel, options.get("confirm_timeout"))
         except MessageNacked:
             raise
+        except confirms.ConfirmTimeout:
+            _close(conn)  # a late confirm must not be taken for another message's
+            raise  # not sent again: the call's PROJ_PUBLISH_TIMEOUT is over (proj.tasks: PublishError)
         except conn.connection_errors + conn.channel_errors + (OSError, socket.timeout) as exc:
             # A confirm may still be in flight: this connection must not wait for another message's.
             _close(conn)
@@ -165,11 +165,6 @@ def send(task, message: str, options):
     result = task.AsyncResult(task_id)
     result.ignored = ignore_result
     return result
-
-
-def _on_confirm(method, *args) -> None:
-    if method == spec.Basic.Nack:
-        raise MessageNacked()
 
 
 def _template(app, channel, frame_max: int, reply_to: str, ignore_result: bool) -> frames.Template:

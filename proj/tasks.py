@@ -6,7 +6,7 @@ import time
 
 from celery import Task, shared_task
 
-from proj import config, deadletter, fastpath, ledger, queues, sentevents
+from proj import config, confirms, deadletter, fastpath, ledger, queues, sentevents
 from proj.console import say
 
 #: The task's name in every message: what producers put in the ``task`` header and workers look up.
@@ -53,7 +53,9 @@ class MessageTask(Task):
         pause, sends = NACK_RETRY_FIRST_PAUSE, 0
         while True:
             try:
-                return self._publish_once(args, kwargs, rest, options)
+                # Every confirm of this call, Celery's re-sends included, within PROJ_PUBLISH_TIMEOUT.
+                with confirms.deadline(started + config.PUBLISH_TIMEOUT):
+                    return self._publish_once(args, kwargs, rest, options)
             except _Nacked as nacked:
                 sends += 1
                 if time.monotonic() + pause > deadline:
@@ -89,6 +91,9 @@ class MessageTask(Task):
             conn = options.get("connection")
             url = conn.as_uri() if conn is not None else self.app.conf.broker_url
             raise PublishError(f"could not publish to {hide_password(url)}: {exc}") from exc
+        except confirms.ConfirmTimeout as exc:
+            # the message may yet be taken (a blocked connection is read again once the alarm clears)
+            raise PublishError(f"{exc}; the task may still run once (its id: {options['task_id']})") from None
         except PreconditionFailed as exc:
             raise PublishError(queues.explain_mismatch(exc.reply_text) or exc.reply_text) from None
 

@@ -186,3 +186,62 @@ def test_delay_to_a_broker_that_never_answers_fails_within_the_publish_timeout()
     assert out.returncode == 1, out.stderr
     assert "PublishError: could not publish" in out.stdout
     assert elapsed < 4 + 10
+
+
+BLOCKED_PRODUCER = """
+import sys, time
+from proj.tasks import PublishError, work
+work.delay("warm")  # connects, declares task_queue, selects confirms: the next .delay() takes the fast path
+print("ready", flush=True)
+for line in sys.stdin:
+    started = time.monotonic()
+    try:
+        # "fast": a plain .delay(); "celery": an option only Celery's own path sends
+        work.apply_async(["x"], **({"headers": {"h": 1}} if line.strip() == "celery" else {}))
+        print("confirmed", f"{time.monotonic() - started:.2f}", flush=True)
+    except PublishError as exc:
+        print("PublishError", f"{time.monotonic() - started:.2f}", exc, flush=True)
+"""
+
+
+def test_delay_to_a_node_that_blocks_publishers_fails_within_the_publish_timeout(tmp_path):
+    # Given a producer connected to a node that sends heartbeats every second (py-amqp restarted its
+    # confirm timeout with every frame read, so such a node held a .delay() for as long as it liked)
+    from helpers import start_private_node
+
+    node = start_private_node(tmp_path / "rabbitmq")
+    env = {**os.environ, "CELERY_BROKER_URL": node.url, "PROJ_PUBLISH_TIMEOUT": "3", "PROJ_BROKER_HEARTBEAT": "2"}
+    producer = subprocess.Popen(
+        [sys.executable, "-c", BLOCKED_PRODUCER],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert producer.stdout.readline().strip() == "ready"
+        # When the node blocks publishers (a disk alarm: free disk below the limit)
+        assert node.rabbitmqctl("set_disk_free_limit", "100000GB").returncode == 0
+        answers = {}
+        for path in ("fast", "celery"):
+            producer.stdin.write(path + "\n")
+            producer.stdin.flush()
+            answers[path] = producer.stdout.readline().split(" ", 2)
+
+        # Then each .delay() fails within the bound, with one line saying why
+        for path, (verdict, seconds, *text) in answers.items():
+            assert verdict == "PublishError", (path, verdict, text)
+            assert 3 <= float(seconds) < 3 + 3, (path, seconds)
+            assert "no publisher confirm from RabbitMQ within PROJ_PUBLISH_TIMEOUT" in text[0], text
+            assert "alarm" in text[0]
+
+        # And once the alarm clears, the same producer publishes again
+        assert node.rabbitmqctl("set_disk_free_limit", "1MB").returncode == 0
+        producer.stdin.write("fast\n")
+        producer.stdin.flush()
+        assert producer.stdout.readline().startswith("confirmed")
+    finally:
+        producer.kill()
+        producer.wait()
+        node.stop()

@@ -1,0 +1,112 @@
+"""Publisher confirms waited for within a bound that holds.
+
+py-amqp's ``confirm_timeout`` (``Channel.basic_publish_confirm``, what kombu calls for every publish when
+``confirm_publish`` is on) is handed to each frame read, not to the whole wait: every frame that arrives
+restarts it. RabbitMQ keeps sending heartbeats on a connection it blocks (a memory or disk alarm) and
+never the confirm, so ``.delay()`` waited for as long as the alarm lasted (measured: still waiting after
+40 s with ``PROJ_PUBLISH_TIMEOUT=4`` and ``PROJ_BROKER_HEARTBEAT=2``; ``tests/test_publish.py``). proj
+waits for a confirm with one deadline: ``confirm_timeout`` from the publish, or sooner what is left of
+the call's ``PROJ_PUBLISH_TIMEOUT`` (:func:`deadline`, set by ``proj.tasks`` around ``.delay()``, whose
+Celery path may send the message again after a timeout).
+
+:func:`install` puts :func:`basic_publish_confirm` in place of py-amqp's (``proj.celery`` does, so every
+process that loads the app has it); ``proj.fastpath`` calls :func:`wait_for_confirm` itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+
+import amqp
+from amqp import spec
+from amqp.exceptions import MessageNacked, RecoverableConnectionError
+from vine import ensure_promise
+
+_local = threading.local()
+
+#: The error's text (proj.tasks turns it into one PublishError line).
+TIMED_OUT = (
+    "no publisher confirm from RabbitMQ within PROJ_PUBLISH_TIMEOUT: the node may be blocking publishers "
+    "(a memory or disk alarm: rabbitmq-diagnostics alarms) or not answering"
+)
+
+
+class ConfirmTimeout(TimeoutError):
+    """No publisher confirm in time. A ``socket.timeout`` (TimeoutError): kombu and Celery treat it as a connection
+    error, so they drop that connection (a late confirm must not be taken for the next message's) and
+    reconnect; once the call's deadline has passed nothing more is sent (:func:`basic_publish_confirm`)."""
+
+
+@contextmanager
+def deadline(at: float):
+    """Every confirm waited for in this thread, inside the block, is given up at ``at`` (time.monotonic)."""
+    previous = getattr(_local, "deadline", None)
+    _local.deadline = at if previous is None else min(previous, at)
+    try:
+        yield
+    finally:
+        _local.deadline = previous
+
+
+def wait_for_confirm(channel, timeout: float | None) -> None:
+    """amqp's ``Channel.wait`` for a basic.ack or basic.nack, ``timeout`` bounding the whole wait.
+
+    Raises MessageNacked on a nack, ConfirmTimeout when no confirm came in time.
+    """
+    confirmed = ensure_promise(_on_confirm)
+    pending = channel._pending
+    methods = (spec.Basic.Ack, spec.Basic.Nack)
+    before = [pending.get(m) for m in methods]
+    for m in methods:
+        pending[m] = confirmed
+    ends = [t for t in (getattr(_local, "deadline", None),) if t is not None]
+    if timeout is not None:
+        ends.append(time.monotonic() + timeout)
+    end = min(ends) if ends else None
+    try:
+        while not confirmed.ready:
+            remaining = None if end is None else end - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ConfirmTimeout(TIMED_OUT)
+            connection = channel.connection
+            if connection is None:
+                raise RecoverableConnectionError("connection already closed")
+            try:
+                connection.drain_events(timeout=remaining)
+            except TimeoutError as exc:
+                if end is not None and time.monotonic() >= end - 0.01:
+                    raise ConfirmTimeout(TIMED_OUT) from exc
+                raise
+    finally:
+        for m, previous in zip(methods, before):
+            if previous is None:
+                pending.pop(m, None)
+            else:
+                pending[m] = previous
+
+
+def _on_confirm(method, *args) -> None:
+    if method == spec.Basic.Nack:
+        raise MessageNacked()
+
+
+def basic_publish_confirm(self, *args, **kwargs):
+    """py-amqp's ``Channel.basic_publish_confirm``, its wait bounded by :func:`wait_for_confirm`."""
+    confirm_timeout = kwargs.pop("confirm_timeout", None)
+    at = getattr(_local, "deadline", None)
+    if at is not None and time.monotonic() >= at:
+        # Celery's re-send after a timeout: past the call's bound, nothing more is sent.
+        raise ConfirmTimeout(TIMED_OUT)
+    if not self._confirm_selected:
+        self._confirm_selected = True
+        self.confirm_select()
+    result = self._basic_publish(*args, **kwargs)
+    wait_for_confirm(self, confirm_timeout or kwargs.get("timeout"))
+    return result
+
+
+def install() -> None:
+    """Channels opened from now on wait for their confirms with :func:`wait_for_confirm`."""
+    amqp.Channel.basic_publish_confirm = basic_publish_confirm
