@@ -204,12 +204,12 @@ for line in sys.stdin:
 """
 
 
-def test_delay_to_a_node_that_blocks_publishers_fails_within_the_publish_timeout(tmp_path):
+def test_delay_to_a_node_that_blocks_publishers_fails_within_the_publish_timeout(fresh_queue):
     # Given a producer connected to a node that sends heartbeats every second (py-amqp restarted its
     # confirm timeout with every frame read, so such a node held a .delay() for as long as it liked)
-    from helpers import start_private_node
-
-    node = start_private_node(tmp_path / "rabbitmq")
+    node = fresh_queue
+    limit = node.rabbitmqctl("eval", "rabbit_disk_monitor:get_disk_free_limit().").stdout.strip()
+    assert limit.isdigit(), limit
     env = {**os.environ, "CELERY_BROKER_URL": node.url, "PROJ_PUBLISH_TIMEOUT": "3", "PROJ_BROKER_HEARTBEAT": "2"}
     producer = subprocess.Popen(
         [sys.executable, "-c", BLOCKED_PRODUCER],
@@ -237,11 +237,11 @@ def test_delay_to_a_node_that_blocks_publishers_fails_within_the_publish_timeout
             assert "alarm" in text[0]
 
         # And once the alarm clears, the same producer publishes again
-        assert node.rabbitmqctl("set_disk_free_limit", "1MB").returncode == 0
+        assert node.rabbitmqctl("set_disk_free_limit", limit).returncode == 0
         producer.stdin.write("fast\n")
         producer.stdin.flush()
         assert producer.stdout.readline().startswith("confirmed")
     finally:
         producer.kill()
         producer.wait()
-        node.stop()
+        node.rabbitmqctl("set_disk_free_limit", limit)  # the session's node, for the tests after this one
