@@ -88,15 +88,16 @@ def quorum_cluster(cluster) -> Cluster:
 def heal(cluster: Cluster, timeout: float = 60) -> None:
     """Every node running and in the cluster, what an operator does after a partition.
 
-    A node still cut off after ``timeout`` (a thawed node that pause_minority left partitioned from the
-    others) is restarted: the one the most members name in their partitions, as RabbitMQ's partitions
-    guide says (restart the minority). If the cluster is still not whole, every node is restarted with
-    its data (a partition record that outlives the restart of the minority, seen on a loaded machine).
+    A node still cut off after ``timeout``, or once a partition has been recorded for PARTITION_SEEN_FOR
+    (a thawed node that pause_minority left partitioned from the others), is restarted: the one the most
+    members name in their partitions, as RabbitMQ's partitions guide says (restart the minority). If the
+    cluster is still not whole, every node is restarted with its data (a partition record that outlives
+    the restart of the minority, seen on a loaded machine).
     """
     for n in range(1, SIZE + 1):
         if not cluster.node(n).is_running():
             cluster.start_node(n)
-    if _healthy_within(cluster, timeout):
+    if _healthy_within(cluster, timeout, partition_for=PARTITION_SEEN_FOR):
         return
     for n in _cut_off(cluster):
         if cluster.node(n).is_running():
@@ -110,10 +111,24 @@ def heal(cluster: Cluster, timeout: float = 60) -> None:
     assert _healthy_within(cluster, NODE_TIMEOUT), f"the cluster whole again after a restart: {cluster.status()}"
 
 
-def _healthy_within(cluster: Cluster, timeout: float) -> bool:
+#: A partition recorded this long is not going away by itself (pause_minority does not heal a thawed node
+#: that reconnected before noticing it was cut off): restart the minority then, as proj chaos --compose does.
+PARTITION_SEEN_FOR = 8.0
+
+
+def _healthy_within(cluster: Cluster, timeout: float, partition_for: float | None = None) -> bool:
+    """True once the cluster is healthy; False after ``timeout``, or once a partition has been recorded
+    for ``partition_for`` seconds."""
     deadline = time.monotonic() + timeout
-    while cluster.status()["health"] != "healthy":
-        if time.monotonic() > deadline:
+    partition_since = None
+    while (status := cluster.status())["health"] != "healthy":
+        now = time.monotonic()
+        if status["partitions"]:
+            partition_since = partition_since or now
+        else:
+            partition_since = None
+        recorded = partition_since is not None and partition_for is not None and now - partition_since >= partition_for
+        if now > deadline or recorded:
             return False
         time.sleep(0.5)
     return True
