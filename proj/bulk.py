@@ -155,8 +155,7 @@ def _publish_all(app, conn, messages: list[str], ids: list[str]) -> list[Failure
     def write() -> None:
         data = b"".join(pending)
         pending.clear()
-        amqp_conn.transport.write(data)
-        amqp_conn.bytes_sent += 1  # amqp's heartbeat bookkeeping: "something was sent"
+        frames.write(amqp_conn, data)
 
     published = 0  # messages handed to the socket (some of a failed write may have reached the broker)
     lost: str | None = None  # why publishing or confirming stopped early

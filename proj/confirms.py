@@ -61,10 +61,10 @@ def wait_for_confirm(channel, timeout: float | None) -> None:
     before = [pending.get(m) for m in methods]
     for m in methods:
         pending[m] = confirmed
-    ends = [t for t in (getattr(_local, "deadline", None),) if t is not None]
+    end = getattr(_local, "deadline", None)
     if timeout is not None:
-        ends.append(time.monotonic() + timeout)
-    end = min(ends) if ends else None
+        own = time.monotonic() + timeout
+        end = own if end is None else min(end, own)
     try:
         while not confirmed.ready:
             remaining = None if end is None else end - time.monotonic()

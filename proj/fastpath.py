@@ -22,7 +22,6 @@ does after a connection error (one task that may run twice, which acks late alre
 from __future__ import annotations
 
 import os
-import socket
 import weakref
 from contextlib import nullcontext
 
@@ -148,15 +147,14 @@ def send(task, message: str, options):
                     app.backend.on_task_call(P, task_id)
                 else:
                     data = declare + data
-            amqp_conn.transport.write(data)
-            amqp_conn.bytes_sent += 1  # amqp's heartbeat bookkeeping: "something was sent"
+            frames.write(amqp_conn, data)
             confirms.wait_for_confirm(channel, options.get("confirm_timeout"))
         except MessageNacked:
             raise
         except confirms.ConfirmTimeout:
             _close(conn)  # a late confirm must not be taken for another message's
             raise  # not sent again: the call's PROJ_PUBLISH_TIMEOUT is over (proj.tasks: PublishError)
-        except conn.connection_errors + conn.channel_errors + (OSError, socket.timeout) as exc:
+        except conn.connection_errors + conn.channel_errors + (OSError,) as exc:
             # A confirm may still be in flight: this connection must not wait for another message's.
             _close(conn)
             raise Unavailable(f"connection failed: {exc!r}") from exc
@@ -168,9 +166,7 @@ def send(task, message: str, options):
 
 
 def _template(app, channel, frame_max: int, reply_to: str, ignore_result: bool) -> frames.Template:
-    per_channel = _templates.get(channel)
-    if per_channel is None:
-        per_channel = _templates[channel] = {}
+    per_channel = _templates.setdefault(channel, {})
     key = (os.getpid(), reply_to, bool(ignore_result))
     template = per_channel.get(key)
     if template is None:

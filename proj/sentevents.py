@@ -15,7 +15,7 @@ from celery.events.dispatcher import EventDispatcher
 from celery.utils.log import get_logger
 from kombu import Producer
 
-from proj.frames import EventTemplate
+from proj import frames
 
 logger = get_logger(__name__)
 
@@ -64,19 +64,15 @@ class SentEvents(EventDispatcher):
                 self.publish(type, fields, producer)  # declares the exchange, once per connection
                 return
             channel = event_producer(connection).channel
-            templates = _templates.get(channel)
-            if templates is None:
-                templates = _templates[channel] = {}
+            templates = _templates.setdefault(channel, {})
             template = templates.get(type)
             if template is None:
-                template = templates[type] = EventTemplate(
+                template = templates[type] = frames.EventTemplate(
                     self, type, channel.channel_id, connection.connection.frame_max
                 )
             event = self._prepare_event(type, fields)
             with self.mutex:
-                amqp_connection = connection.connection
-                amqp_connection.transport.write(template.frames(event))
-                amqp_connection.bytes_sent += 1  # amqp's heartbeat bookkeeping: "something was sent"
+                frames.write(connection.connection, template.frames(event))
         except Exception as exc:
             logger.warning("task event %s not published (the task itself is queued): %r", type, exc)
 

@@ -82,18 +82,21 @@ class MessageTask(Task):
                 except fastpath.Unavailable:
                     pass  # Celery's path: it connects, declares task_queue, selects confirms or reconnects
             return super().apply_async(args, kwargs, *rest, **options)
-        except (MessageNacked, OperationalError) as exc:
-            if isinstance(exc, MessageNacked) or _caused_by(exc, MessageNacked):
+        except (MessageNacked, OperationalError, confirms.ConfirmTimeout) as exc:
+            if _caused_by(exc, MessageNacked):
                 raise _Nacked(queue) from None
+            if _caused_by(exc, confirms.ConfirmTimeout):
+                # sent, never confirmed (the fast path's, or Celery's wrapped by kombu): it may yet be taken
+                # once a blocked connection is read again, so the caller gets its id
+                raise PublishError(
+                    f"{confirms.TIMED_OUT}; the task may still run once (its id: {options['task_id']})"
+                ) from None
             # the broker could not be reached within PROJ_PUBLISH_TIMEOUT
             from proj.rabbit.management import hide_password
 
             conn = options.get("connection")
             url = conn.as_uri() if conn is not None else self.app.conf.broker_url
             raise PublishError(f"could not publish to {hide_password(url)}: {exc}") from exc
-        except confirms.ConfirmTimeout as exc:
-            # the message may yet be taken (a blocked connection is read again once the alarm clears)
-            raise PublishError(f"{exc}; the task may still run once (its id: {options['task_id']})") from None
         except PreconditionFailed as exc:
             raise PublishError(queues.explain_mismatch(exc.reply_text) or exc.reply_text) from None
 

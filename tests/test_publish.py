@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import queue_depth
+from helpers import queue_depth, take_raw
 from kombu import Exchange, Queue
 
 from proj import config
@@ -191,14 +193,14 @@ def test_delay_to_a_broker_that_never_answers_fails_within_the_publish_timeout()
 BLOCKED_PRODUCER = """
 import sys, time
 from proj.tasks import PublishError, work
-work.delay("warm")  # connects, declares task_queue, selects confirms: the next .delay() takes the fast path
-print("ready", flush=True)
+warm = work.delay("warm")  # connects, declares task_queue, selects confirms: the next .delay() takes the fast path
+print("ready", warm.id, flush=True)
 for line in sys.stdin:
     started = time.monotonic()
     try:
         # "fast": a plain .delay(); "celery": an option only Celery's own path sends
-        work.apply_async(["x"], **({"headers": {"h": 1}} if line.strip() == "celery" else {}))
-        print("confirmed", f"{time.monotonic() - started:.2f}", flush=True)
+        sent = work.apply_async(["x"], **({"headers": {"h": 1}} if line.strip() == "celery" else {}))
+        print("confirmed", f"{time.monotonic() - started:.2f}", sent.id, flush=True)
     except PublishError as exc:
         print("PublishError", f"{time.monotonic() - started:.2f}", exc, flush=True)
 """
@@ -220,7 +222,8 @@ def test_delay_to_a_node_that_blocks_publishers_fails_within_the_publish_timeout
         text=True,
     )
     try:
-        assert producer.stdout.readline().strip() == "ready"
+        ready, warm_id = producer.stdout.readline().split()
+        assert ready == "ready"
         # When the node blocks publishers (a disk alarm: free disk below the limit)
         assert node.rabbitmqctl("set_disk_free_limit", "100000GB").returncode == 0
         answers = {}
@@ -240,7 +243,15 @@ def test_delay_to_a_node_that_blocks_publishers_fails_within_the_publish_timeout
         assert node.rabbitmqctl("set_disk_free_limit", limit).returncode == 0
         producer.stdin.write("fast\n")
         producer.stdin.flush()
-        assert producer.stdout.readline().startswith("confirmed")
+        verdict, _, after_id = producer.stdout.readline().split()
+        assert verdict == "confirmed"
+
+        # And task_queue holds the confirmed messages once each, and each refused one at most once
+        held = Counter(m.headers["id"] for m in take_raw(node.url))
+        assert held[warm_id] == 1 and held[after_id] == 1, held
+        refused = [re.search(r"its id: ([\w-]+)", text[0]).group(1) for _, _, *text in answers.values()]
+        assert all(held[task_id] <= 1 for task_id in refused), (refused, held)
+        assert set(held) <= {warm_id, after_id, *refused}, held
     finally:
         producer.kill()
         producer.wait()
