@@ -20,7 +20,9 @@ import uuid
 
 from celery.utils.log import get_logger
 from celery.worker.consumer import Consumer as CeleryConsumer
+from celery.worker.consumer.control import Control as CeleryControl
 from celery.worker.consumer.delayed_delivery import DelayedDelivery as CeleryDelayedDelivery
+from kombu import Exchange, Producer
 from kombu.utils.url import maybe_sanitize_url
 
 from proj import config, deadletter, guard
@@ -108,12 +110,57 @@ class DelayedDelivery(CeleryDelayedDelivery):
             logger.warning("Native delayed delivery not set up through %s: %s", maybe_sanitize_url(url), exc)
 
 
+class Control(CeleryControl):
+    """Celery's remote control (``celery inspect``/``control``, Flower), its replies sent like events.
+
+    Celery replies on the channel the commands arrive on, in the event loop, with a publisher confirm
+    (proj's ``confirm_publish``) and, the first time, a ``reply.celery.pidbox`` exchange.declare: two
+    blocking waits on the consumer's own connection. A command that arrives during the wait is run, and
+    replied to, inside it; with a burst of commands (Flower's refresh sends eight at once) on a loaded
+    machine the worker was seen blocked in two nested declares for over 16 s: no heartbeat, so RabbitMQ
+    closed the connection ("missed heartbeats from client") and redelivered the task it held, and Flower
+    showed the worker offline (tests/test_flower.py failed in CI; py-spy showed the nesting). Replies
+    go out on the event connection instead, which nothing consumes from: unconfirmed (a reply is a
+    status report: one lost is a command that times out, as with any node that does not answer), the
+    exchange declared once per connection, so the loop never waits on its own connection for them.
+    """
+
+    def __init__(self, c, **kwargs):
+        super().__init__(c, **kwargs)
+        node = self.box.node
+        celery_reply = node.reply
+        node.reply = lambda *args, **kw: reply_on_event_connection(c, node, celery_reply, *args, **kw)
+
+
+def reply_on_event_connection(c, node, celery_reply, data, exchange, routing_key, ticket, **kwargs) -> None:
+    """Publish a remote-control reply on the worker's event connection (Celery's way if it has none)."""
+    dispatcher = getattr(c, "event_dispatcher", None)
+    connection = getattr(dispatcher, "connection", None)
+    if connection is None:
+        return celery_reply(data, exchange, routing_key, ticket, **kwargs)
+    mailbox = node.mailbox
+    try:
+        Producer(connection.default_channel, auto_declare=False).publish(
+            data,
+            exchange=Exchange(exchange, "direct", durable=False, delivery_mode="transient"),
+            routing_key=routing_key,
+            declare=[Exchange(exchange, "direct", durable=False, delivery_mode="transient")],
+            headers={"ticket": ticket, "clock": mailbox.clock.forward()},
+            serializer=mailbox.serializer,
+        )
+    except Exception as exc:  # the caller sees this node not answer, as when its connection is down
+        logger.warning("remote control reply %s not sent: %r", ticket, exc)
+    return None
+
+
 class Consumer(CeleryConsumer):
     """Celery's consumer with an intake that runs tutorial text and never deletes a message."""
 
     class Blueprint(CeleryConsumer.Blueprint):
         default_steps = [
-            "proj.consumer:DelayedDelivery" if step.endswith(":DelayedDelivery") else step
+            {":DelayedDelivery": "proj.consumer:DelayedDelivery", ":Control": "proj.consumer:Control"}.get(
+                step[step.rfind(":") :], step
+            )
             for step in CeleryConsumer.Blueprint.default_steps
         ]
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,6 +131,41 @@ def all_succeeded(flower: FlowerProcess, ids: list[str]) -> bool:
 
 
 # -- the REST API ----------------------------------------------------------------------------------
+
+
+def test_flower_refreshing_its_workers_on_a_busy_machine_costs_no_worker_its_connection(scenario):
+    # Given both workers each holding a long task, on a machine kept busy by three spinning processes,
+    # and no remote-control command sent to them yet (the first one they answer declares the reply
+    # exchange: this test comes first in the module)
+    from proj.celery import app
+
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        # When Flower refreshes its workers again and again (each refresh: eight inspect commands at once)
+        for _ in range(10):
+            status, body = scenario.flower.get("/api/workers?refresh=1")
+            assert status == 200, body
+        # Then, for the next 12 s (three of Celery's 4 s liveness windows), Flower keeps seeing both
+        # workers online: their event loops keep running their timers (worker heartbeats, AMQP
+        # heartbeats) and are not stuck waiting inside a reply
+        names = {w.hostname for w in scenario.workers}
+        watch_until = time.monotonic() + 12
+        while time.monotonic() < watch_until:
+            status, body = scenario.flower.get("/workers?json=1")
+            online = {w["hostname"] for w in body["data"] if w.get("status")} if status == 200 else set()
+            assert online == names, f"online in Flower: {sorted(online)}; {body}"
+            time.sleep(0.5)
+        replies = app.control.ping(destination=sorted(names), timeout=2.0)
+        assert {name for reply in replies for name in reply} == names, replies
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    # And none lost its broker connection, so the long tasks they hold were not redelivered
+    for worker in scenario.workers:
+        assert "Connection to broker lost" not in worker.log(), worker.log()[-2000:]
+    queue = flower_queue(scenario.flower)
+    assert (queue["messages_ready"], queue["messages_unacknowledged"], queue["consumers"]) == (2, 2, 2)
 
 
 def test_flower_api_lists_both_running_workers(scenario):
