@@ -17,8 +17,8 @@ consumer's own connection was dropped after an error (Celery sets it to None the
 keeps it, and sends its last events as before). A node that answers closes in milliseconds; a
 frozen one costs 2 x :data:`CLOSE_TIMEOUT`. The same step makes the worker's remote-control mailbox
 publish on the connection it is given (the consumer's, on the node it just reached) instead of the
-producer pool: Mingle's hello and the replies to ``celery inspect`` (what ``proj/chaos/watch.py`` does
-for its own client).
+producer pool: Mingle's hello (what ``proj/chaos/watch.py`` does for its own client). The replies to
+``celery inspect`` go out on the event connection, on that node too (``proj/consumer.py``'s Control).
 """
 
 from __future__ import annotations
