@@ -140,6 +140,8 @@ def reply_on_event_connection(c, node, celery_reply, data, exchange, routing_key
         return celery_reply(data, exchange, routing_key, ticket, **kwargs)
     mailbox = node.mailbox
     try:
+        if not connection.connected:  # never reconnect from here: the consumer's restart makes a new one
+            raise ConnectionError("the event connection is down")
         Producer(connection.default_channel, auto_declare=False).publish(
             data,
             exchange=Exchange(exchange, "direct", durable=False, delivery_mode="transient"),
