@@ -393,20 +393,6 @@ class Cluster:
         node.kill()
         return node
 
-    def freeze_node(self, n: int) -> Node:
-        """SIGSTOP node ``n``: frozen, its connections open and silent, until ``thaw_node``."""
-        node = self.node(n)
-        if not node.is_running():
-            raise ClusterError(f"node {n} ({node.node_name}) is not running")
-        node.freeze()
-        return node
-
-    def thaw_node(self, n: int) -> Node:
-        """SIGCONT node ``n`` after ``freeze_node``."""
-        node = self.node(n)
-        node.thaw()
-        return node
-
     def start_node(self, n: int, timeout: float = START_TIMEOUT) -> Node:
         """Start node ``n`` again with its data; return once the cluster counts it as running."""
         node = self.node(n)
