@@ -235,3 +235,12 @@ class UnackedSampler(Poller):
                 unacked = ch.get("messages_unacknowledged", 0)
                 self.peak_by_channel[ch["name"]] = max(self.peak_by_channel.get(ch["name"], 0), unacked)
                 self.prefetch_counts.add(effective_prefetch(consumers[ch["name"]], ch))
+
+
+def flower_online(flower: FlowerProcess) -> set[str]:
+    """Workers Flower shows Online: it has their heartbeat events of the last few seconds, so its event
+    stream is connected (Flower retries it with a growing pause while the broker starts)."""
+    status, body = flower.get("/workers?json=1")
+    if status != 200 or not isinstance(body, dict):
+        return set()
+    return {w["hostname"] for w in body.get("data", []) if w.get("status")}

@@ -19,7 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import FLOWER_PASSWORD, FLOWER_USER, SECONDS_PER_DOT, TIMEOUT, FlowerProcess, publish, wait_until
+from helpers import (
+    FLOWER_PASSWORD,
+    FLOWER_USER,
+    SECONDS_PER_DOT,
+    TIMEOUT,
+    FlowerProcess,
+    flower_online,
+    publish,
+    wait_until,
+)
 
 from proj import config
 from proj.harness.workers import WorkerProcess
@@ -151,9 +160,8 @@ def test_flower_refreshing_its_workers_on_a_busy_machine_costs_no_worker_its_con
         names = {w.hostname for w in scenario.workers}
         watch_until = time.monotonic() + 12
         while time.monotonic() < watch_until:
-            status, body = scenario.flower.get("/workers?json=1")
-            online = {w["hostname"] for w in body["data"] if w.get("status")} if status == 200 else set()
-            assert online == names, f"online in Flower: {sorted(online)}; {body}"
+            online = flower_online(scenario.flower)
+            assert online == names, f"online in Flower: {sorted(online)}; {scenario.flower.get('/workers?json=1')}"
             time.sleep(0.5)
         replies = app.control.ping(destination=sorted(names), timeout=2.0)
         assert {name for reply in replies for name in reply} == names, replies

@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TIMEOUT, queue_depth, wait_until
-from test_flower import FlowerProcess
+from helpers import TIMEOUT, FlowerProcess, flower_online, queue_depth, wait_until
 
 from proj import config
 from proj.harness.workers import LoggedProcess
@@ -257,6 +256,8 @@ def test_make_up_runs_the_stack_and_one_ctrl_c_stops_every_process_it_started(st
     wait_until(lambda: flower.get("/api/workers?refresh=1")[0] == 200, STACK_READY_TIMEOUT, "Flower answers")
     hostnames = {f"{w}@{os.uname().nodename}" for w in ("worker1", "worker2")}
     wait_until(lambda: hostnames <= set(flower.get("/api/workers?refresh=1")[1] or {}), TIMEOUT, "Flower sees both")
+    # (and its event stream is on, so it sees the tasks from the first: both workers Online)
+    wait_until(lambda: hostnames <= flower_online(flower), TIMEOUT, "Flower shows both workers Online")
 
     # When new-task sends the tutorial's kind of messages
     for message in SHORT_MESSAGES:
