@@ -8,7 +8,9 @@ body too) and redelivers a task that kills its worker forever. This subclass, in
   as ``proj.tasks.work`` on the same delivery (acked after the work, redelivered if the worker dies);
 - anything else a worker cannot run goes to ``task_queue.dead`` with the reason in its headers;
 - a message delivered ``PROJ_MAX_DELIVERIES`` times without an ack is dead-lettered too (quorum
-  queues count deliveries themselves; for classic queues the count travels in a header).
+  queues count deliveries themselves; for classic queues the count travels in a header);
+- replies to remote-control commands (``celery inspect``, Flower) never make the event loop wait on
+  the connection it consumes from (:class:`Control`).
 """
 
 from __future__ import annotations
@@ -142,11 +144,12 @@ def reply_on_event_connection(c, node, celery_reply, data, exchange, routing_key
     try:
         if not connection.connected:  # never reconnect from here: the consumer's restart makes a new one
             raise ConnectionError("the event connection is down")
+        reply_exchange = Exchange(exchange, "direct", durable=False, delivery_mode="transient")
         Producer(connection.default_channel, auto_declare=False).publish(
             data,
-            exchange=Exchange(exchange, "direct", durable=False, delivery_mode="transient"),
+            exchange=reply_exchange,
             routing_key=routing_key,
-            declare=[Exchange(exchange, "direct", durable=False, delivery_mode="transient")],
+            declare=[reply_exchange],
             headers={"ticket": ticket, "clock": mailbox.clock.forward()},
             serializer=mailbox.serializer,
         )
