@@ -135,7 +135,12 @@ class Control(CeleryControl):
 
 
 def reply_on_event_connection(c, node, celery_reply, data, exchange, routing_key, ticket, **kwargs) -> None:
-    """Publish a remote-control reply on the worker's event connection (Celery's way if it has none)."""
+    """Publish a remote-control reply on the worker's event connection (Celery's way if it has none).
+
+    The message is kombu's ``Mailbox._publish_reply``'s (same exchange, headers, serializer); that method
+    is not called because it publishes with ``retry=True``, which reconnects, inside the event loop, for
+    as long as the broker is away.
+    """
     dispatcher = getattr(c, "event_dispatcher", None)
     connection = getattr(dispatcher, "connection", None)
     if connection is None:
