@@ -5,14 +5,13 @@ the feature it buys and what a user loses when it is off. A feature asks :func:`
 object it would touch; when the name is missing or has changed shape, the feature is off, one warning
 line says so (library, version, feature, what is lost), and the app goes on through Celery's public path.
 
-:data:`INTERNALS` lists them all; ``python -m proj.compat`` checks each against the installed libraries
-and prints one line per internal (exit status 1 if any is off).
+:data:`INTERNALS` lists them all; :func:`main` checks each against the installed libraries and prints
+one line per internal (exit status 1 if any is off).
 """
 
 from __future__ import annotations
 
 import heapq
-import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -28,9 +27,14 @@ class Internal:
     key: str
     library: str
     written_for: str
-    name: str
+    owner: str
+    attr: str
     feature: str
     loses: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.owner}.{self.attr}"
 
 
 #: kombu's timer keeps a cancelled entry in its heap until the entry's time comes. billiard's prefork pool
@@ -41,7 +45,8 @@ TIMER_HEAP = Internal(
     key="timer-heap",
     library="kombu",
     written_for="5.7",
-    name="kombu.asynchronous.timer.Timer._queue (a heapq list of scheduled(eta, priority, entry))",
+    owner="kombu.asynchronous.timer.Timer",
+    attr="_queue",  # a heapq list of scheduled(eta, priority, entry)
     feature="flat worker memory with task_time_limit (cancelled time-limit timers purged)",
     loses="the worker's main process grows ~0.5 KiB per task for task_time_limit seconds",
 )
@@ -77,14 +82,18 @@ def turned_off(internal: Internal, why: str) -> None:
 def timer_heap(timer) -> list | None:
     """The heap of kombu ``timer``, or None (and one warning) when it is not the list of ``scheduled``
     tuples this app was written for."""
-    heap = getattr(timer, "_queue", None)
+    heap = getattr(timer, TIMER_HEAP.attr, None)
     if not isinstance(heap, list):
-        turned_off(TIMER_HEAP, "Timer has no _queue list")
+        turned_off(TIMER_HEAP, f"Timer has no {TIMER_HEAP.attr} list")
         return None
-    if heap and not (isinstance(heap[0], tuple) and len(heap[0]) == 3 and hasattr(heap[0][2], "canceled")):
-        turned_off(TIMER_HEAP, f"Timer._queue holds {type(heap[0]).__name__}, not (eta, priority, entry)")
+    if heap and not _is_scheduled(heap[0]):
+        turned_off(TIMER_HEAP, f"Timer.{TIMER_HEAP.attr} holds {type(heap[0]).__name__}, not (eta, priority, entry)")
         return None
     return heap
+
+
+def _is_scheduled(item) -> bool:
+    return isinstance(item, tuple) and len(item) == 3 and hasattr(item[2], "canceled")
 
 
 def purge_cancelled(timer) -> int:
@@ -110,9 +119,9 @@ def self_check() -> list[tuple[Internal, str | None]]:
     results: list[tuple[Internal, str | None]] = []
     timer = Timer()
     timer.call_after(60, print)
-    heap = getattr(timer, "_queue", None)
-    ok = isinstance(heap, list) and len(heap) == 1 and hasattr(heap[0][2], "canceled")
-    results.append((TIMER_HEAP, None if ok else "Timer._queue is not a heap of (eta, priority, entry)"))
+    heap = getattr(timer, TIMER_HEAP.attr, None)
+    ok = isinstance(heap, list) and len(heap) == 1 and _is_scheduled(heap[0])
+    results.append((TIMER_HEAP, None if ok else f"{TIMER_HEAP.name} is not a heap of (eta, priority, entry)"))
     return results
 
 
@@ -123,7 +132,3 @@ def main(argv: list[str] | None = None) -> int:
         off += problem is not None
         print(f" [x] {internal.library} {library_version(internal.library)}: {internal.feature}: {state}")
     return 1 if off else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

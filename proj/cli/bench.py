@@ -6,6 +6,7 @@ Usage::
     proj bench --quick         # every section, smaller, under 2 minutes
     proj bench --json --out results/
     proj bench --cluster 3     # one classic node against a 3-node cluster with a quorum task_queue
+    proj bench --soak 600      # memory under a steady load for 10 minutes: RSS slope per 1,000 tasks
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ from proj.cli.exits import CANNOT_RUN, INTERRUPTED
     help="Instead: one classic node against a cluster of N nodes with a quorum task_queue (publish, drain, memory).",
 )
 @click.option(
+    "--soak",
+    "soak_seconds",
+    type=click.FloatRange(min=30),
+    default=None,
+    help="Instead: a steady load for SECONDS on proj's worker and pika's, RSS slope per 1,000 tasks of each.",
+)
+@click.option(
     "--work-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -67,12 +75,14 @@ def bench(
     variants: bool,
     profile: Path | None,
     cluster_size: int | None,
+    soak_seconds: float | None,
     work_dir: Path | None,
 ) -> None:
     """Measure Celery against the tutorial's pika worker: throughput, latency, dispatch, redelivery, memory."""
     from proj.bench import cluster as cluster_mod
     from proj.bench import profile as profile_mod
     from proj.bench import report
+    from proj.bench import soak as soak_mod
     from proj.bench import variants as variants_mod
     from proj.bench.run import Plan, run
     from proj.rabbit.node import BrokerError
@@ -82,8 +92,8 @@ def bench(
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             _fail(f"cannot write to --out {out}: {exc.strerror}; pick a folder you can write to")
-    if sum((variants, profile is not None, cluster_size is not None)) > 1:
-        _fail("--variants, --profile and --cluster are different runs: pick one")
+    if sum((variants, profile is not None, cluster_size is not None, soak_seconds is not None)) > 1:
+        _fail("--variants, --profile, --cluster and --soak are different runs: pick one")
     if profile is not None:
         try:
             profile_mod.py_spy()
@@ -91,7 +101,9 @@ def bench(
             _fail(str(exc))
     plan = Plan.make(quick, scale)
     try:
-        if cluster_size is not None:
+        if soak_seconds is not None:
+            figures = soak_mod.run(plan, soak_seconds, work_dir)
+        elif cluster_size is not None:
             figures = cluster_mod.run(plan, cluster_size, work_dir)
         elif profile is not None:
             figures = profile_mod.run(plan, profile, work_dir)
@@ -108,7 +120,9 @@ def bench(
         _fail(f"a measurement failed: {str(exc).splitlines()[0]}")
     figures["quick"] = quick
     figures["scale"] = scale
-    if cluster_size is not None:
+    if soak_seconds is not None:
+        table = soak_mod.markdown(figures)
+    elif cluster_size is not None:
         table = cluster_mod.markdown(figures)
     elif profile is not None:
         table = profile_mod.markdown(figures)
