@@ -209,6 +209,8 @@ class Bench:
         try:
             if fleet.kind == "celery":
                 loader.celery_tasks(messages, ignore_result=ignore_result)
+            elif fleet.kind == "dramatiq":
+                loader.dramatiq(fleet.queue, messages)
             else:
                 loader.plain(fleet.queue, messages)
         finally:
