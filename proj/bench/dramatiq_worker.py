@@ -18,9 +18,9 @@ The bench process itself imports it as ``proj.bench.dramatiq_worker`` (to encode
 Three things are added for the benchmark, none on the per-message path of a no-op or 10 ms task:
 
 - pause and resume: SIGUSR2 pauses the worker's consumer (once the message in hand is acked,
-  ``Worker.pause()``: the consumer is closed once idle) and SIGUSR1 resumes it; dramatiq's idle poll (``worker_timeout``, 1 s by default) is
-  :data:`POLL_MS` and its consumer restart delay 0 (``dramatiq_restart_delay``), so a resumed worker
-  consumes within milliseconds, as proj's and pika's do;
+  ``Worker.pause()``: the consumer is closed once idle) and SIGUSR1 resumes it; dramatiq's idle poll
+  (``worker_timeout``, 1 s by default) is :data:`POLL_MS` and its consumer restart delay 0
+  (``dramatiq_restart_delay``), so a resumed worker consumes within milliseconds, as proj's and pika's do;
 - records: with ``PROJ_DRAMATIQ_RECORD=FILE``, the (message id, start, done) of each message, kept in
   memory and appended to FILE as one JSON line at each pause (as the pika reference does);
 - a message of a second or more (:data:`ANNOUNCE_DOTS` dots) prints ``STARTED <id> <time>`` as it
