@@ -7,6 +7,7 @@ when a task is missing or ran twice for no reason.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -18,7 +19,8 @@ import pytest
 
 from proj.chaos import ledger
 from proj.chaos.checker import Fault, check
-from proj.chaos.schedule import KINDS, RESTART_BROKER, fault_schedule, task_messages
+from proj.chaos.compose import ComposeChaos, ComposeSettings
+from proj.chaos.schedule import CONTAINER_KINDS, KINDS, RESTART_BROKER, fault_schedule, task_messages
 from proj.harness.workers import REPO_ROOT
 
 #: A seed whose 8 faults take in every kind, the broker restart once (a restart costs ~12 s).
@@ -103,6 +105,27 @@ def test_a_broker_restart_is_forced_into_any_schedule_that_may_have_one():
     assert all(RESTART_BROKER in {f.kind for f in s} for s in schedules)
     no_restart = [k for k in KINDS if k != RESTART_BROKER]
     assert all(f.kind != RESTART_BROKER for f in fault_schedule(3, 20, 300, 3, kinds=tuple(no_restart)))
+
+
+def test_the_compose_run_draws_every_container_kind_in_turn_from_the_same_schedule():
+    # Given compose chaos runs of 10 node faults (nothing starts before run())
+    def draw(seed):
+        settings = ComposeSettings(tasks=600, faults=10, seed=seed, window=(0.10, 0.50))
+        return ComposeChaos(settings, out=io.StringIO()).state.schedule
+
+    first = draw(7)
+
+    # Then the same seed gives the same faults, another seed others
+    assert draw(7) == first and draw(8) != first
+    # And each round of four takes in every container kind once, so no kind is hit twice as often as another
+    kinds = [f.kind for f in first]
+    assert sorted(kinds[:4]) == sorted(kinds[4:8]) == sorted(CONTAINER_KINDS)
+    assert set(kinds[8:]) <= set(CONTAINER_KINDS) and len(set(kinds[8:])) == 2
+    # And every fault fires within the window, at once, on one of the three nodes
+    assert all(60 <= f.after_done <= 300 and f.delay == 0.0 and 0 <= f.worker < 3 for f in first)
+    # And a kind that neither run knows is refused
+    with pytest.raises(ValueError, match="unknown fault kinds"):
+        fault_schedule(1, 3, 100, 3, ("crash", "flood"))
 
 
 def row(task_id, event, pid, at, message=None):

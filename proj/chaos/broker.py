@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import contextlib
 
+from amqp.exceptions import NotFound
+from kombu import Connection
+
 from proj import config
 from proj.chaos.state import ChaosError, RunState
 from proj.management import Management, ManagementError, hide_password
+from proj.new_task import describe_broker_error
+from proj.rabbit.cluster import Cluster, free_port_run
 from proj.rabbit.node import BrokerError, Node, private_node
 
 DEAD_QUEUE = config.DEAD_QUEUE_NAME
@@ -59,8 +64,6 @@ class RunBroker:
         self.mgmt = Management(self.node.management_url)
 
     def _start_cluster(self) -> None:
-        from proj.rabbit.cluster import Cluster, free_port_run
-
         size = self.state.settings.cluster
         port = free_port_run(size)
         management_port = free_port_run(size, avoid=tuple(range(port, port + size)))
@@ -77,11 +80,6 @@ class RunBroker:
 
     def _check_external(self) -> None:
         """A given broker's task_queue must be empty and unconsumed: anything else would skew the count."""
-        from amqp.exceptions import NotFound
-        from kombu import Connection
-
-        from proj.new_task import describe_broker_error
-
         try:
             with Connection(self.url, connect_timeout=5) as conn:
                 ok = conn.default_channel.queue_declare(config.QUEUE_NAME, passive=True)
@@ -111,6 +109,19 @@ class RunBroker:
         first = (int(name.lstrip("w")) - 1) % self.cluster.size + 1
         return self.cluster.failover_url(first), self.cluster.management_url, {"PROJ_QUEUE_TYPE": "quorum"}
 
+    # -- what the publisher needs (proj/chaos/publisher.py) ---------------------------------------
+
+    def publisher_connection(self):
+        conn = Connection(self.url, transport_options={"confirm_publish": True}, connect_timeout=5)
+        conn.ensure_connection(max_retries=1)
+        return conn
+
+    def publish_options(self) -> dict:
+        # retry=False: a failed publish is the publisher's to send again, under the same id.
+        # On a cluster the workers declared task_queue as a quorum queue; this process's PROJ_QUEUE_TYPE
+        # may say otherwise.
+        return {"retry": False, **({"declare": []} if self.cluster is not None else {})}
+
     # -- faults ----------------------------------------------------------------------------------
 
     def restart(self) -> None:
@@ -133,16 +144,12 @@ class RunBroker:
 
     def ready_count(self) -> int | None:
         """Messages ready in task_queue (exact, by passive declare); None if the broker does not answer."""
-        from kombu import Connection
-
         with contextlib.suppress(Exception), Connection(self.url, connect_timeout=5) as conn:
             return conn.default_channel.queue_declare(config.QUEUE_NAME, passive=True).message_count
         return None
 
     def queue_state(self) -> dict | None:
         """ready and consumers by passive declare (exact), unacked from the management API."""
-        from kombu import Connection
-
         try:
             with Connection(self.url, connect_timeout=5) as conn:
                 ok = conn.default_channel.queue_declare(config.QUEUE_NAME, passive=True)
@@ -156,8 +163,6 @@ class RunBroker:
 
     def dead_letters(self) -> int | None:
         """Messages in the dead-letter queue, if there is one (a task dead-lettered is not done)."""
-        from kombu import Connection
-
         with contextlib.suppress(Exception), Connection(self.url, connect_timeout=5) as conn:
             return conn.default_channel.queue_declare(DEAD_QUEUE, passive=True).message_count
         return None

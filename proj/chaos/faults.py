@@ -1,5 +1,9 @@
 """The run's fault injector: each planned fault, once its number of tasks are done, on a worker that is up.
 
+:class:`FaultLoop` is the loop every run shares (the compose run's node faults too: proj/chaos/compose.py):
+wait for the fault's number of tasks done, then inject it; stop injecting when the run stalls or is cut
+short. :class:`FaultInjector` injects the process run's faults.
+
 Worker faults are signals to the worker's main process (SIGKILL, SIGQUIT, SIGTERM) or a SIGKILL to
 the pool child running a task; a stopped worker is started again by a restarter thread. Broker
 faults restart the private node, or SIGKILL one node of a cluster and start it again once work
@@ -34,11 +38,14 @@ NODE_DOWN_MAX = 30.0
 STALL_TIMEOUT = 180.0
 
 
-class FaultInjector:
-    def __init__(self, state: RunState, broker: RunBroker, workers: WorkerSlots):
+class FaultLoop:
+    """Each planned fault of the schedule in turn, once its number of tasks are done; :meth:`inject` is the run's."""
+
+    def __init__(self, state: RunState):
         self.state = state
-        self.broker = broker
-        self.workers = workers
+
+    def inject(self, n: int, planned: PlannedFault) -> None:
+        raise NotImplementedError
 
     def inject_all(self) -> None:
         state = self.state
@@ -54,23 +61,7 @@ class FaultInjector:
                 return
             if planned.delay:
                 time.sleep(planned.delay)
-            self._inject(n, planned)
-
-    def _inject(self, n: int, planned: PlannedFault) -> None:
-        if planned.kind == RESTART_BROKER:
-            self._restart_broker(n)
-            return
-        if planned.kind == NODE_KILL:
-            self._kill_node(n, planned)
-            return
-        slot = self.workers.pick(planned)
-        if slot is None:
-            self.state.skipped.append({"kind": planned.kind, "why": "no worker up to take it"})
-            self._say(n, f"{planned.kind} skipped: no worker up")
-        elif planned.kind == KILL_CHILD:
-            self._kill_child(n, slot)
-        else:
-            self._stop_worker(n, planned, slot)
+            self.inject(n, planned)
 
     def _say(self, n: int, what: str) -> None:
         self.state.say(f" [!] fault {n}/{len(self.state.schedule)} {what}")
@@ -89,6 +80,31 @@ class FaultInjector:
                 return False
             time.sleep(0.01)
         return True
+
+
+class FaultInjector(FaultLoop):
+    """The process run's faults: signals to workers, a broker restart, a cluster node killed."""
+
+    def __init__(self, state: RunState, broker: RunBroker, workers: WorkerSlots):
+        super().__init__(state)
+        self.broker = broker
+        self.workers = workers
+
+    def inject(self, n: int, planned: PlannedFault) -> None:
+        if planned.kind == RESTART_BROKER:
+            self._restart_broker(n)
+            return
+        if planned.kind == NODE_KILL:
+            self._kill_node(n, planned)
+            return
+        slot = self.workers.pick(planned)
+        if slot is None:
+            self.state.skipped.append({"kind": planned.kind, "why": "no worker up to take it"})
+            self._say(n, f"{planned.kind} skipped: no worker up")
+        elif planned.kind == KILL_CHILD:
+            self._kill_child(n, slot)
+        else:
+            self._stop_worker(n, planned, slot)
 
     # -- broker faults -----------------------------------------------------------------------------
 

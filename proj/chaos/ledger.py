@@ -13,6 +13,8 @@ import socket
 import sqlite3
 import time
 
+from proj import config
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
     task_id TEXT NOT NULL,
@@ -43,8 +45,6 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 def record(task_id: str, message: str, event: str, redelivered: bool, path: str | None = None) -> None:
-    from proj import config
-
     path = path or config.LEDGER
     if not path:
         return

@@ -14,12 +14,9 @@ order, waits for the queue to drain, and ends everything started in ``finally``,
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
-import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 from proj.chaos import ledger
@@ -59,7 +56,7 @@ class Chaos:
             force=(NODE_KILL,) if settings.cluster else (RESTART_BROKER,),
         )
         messages = task_messages(state.seed, settings.tasks, settings.max_dots)
-        state.tasks = [(f"chaos-{state.run_id}-{i:05d}", m) for i, m in enumerate(messages)]
+        state.tasks = [(f"{state.task_prefix}{i:05d}", m) for i, m in enumerate(messages)]
         self.state = state
         self.broker = RunBroker(state)
         self.workers = WorkerSlots(state, self.broker)
@@ -75,13 +72,9 @@ class Chaos:
     def run(self) -> Report:
         state, s = self.state, self.state.settings
         started = time.time()
-        self._prepare_dir()
-        kinds = Counter(f.kind for f in state.schedule)
-        state.say(
-            f" [*] chaos run {state.run_id}: {s.tasks} tasks, {s.workers} workers, "
-            f"{len(state.schedule)} faults ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}), "
-            f"seed {state.seed}; run dir {state.run_dir}"
-        )
+        state.make_run_dir("proj-chaos-")
+        ledger.connect(str(state.ledger_path))  # creates the table in WAL mode before any worker writes
+        state.announce("chaos run", f"{s.workers} workers", "faults")
         queue: dict | None = None
         interrupted = False
         try:
@@ -93,7 +86,7 @@ class Chaos:
             self.injector.inject_all()
             self.publisher.wait()
             self.workers.wait_restarts()
-            queue = self._drain()
+            queue = drain(state, self.broker)
         except KeyboardInterrupt:
             interrupted = True
             state.say(" [*] interrupted: stopping everything this run started")
@@ -107,25 +100,6 @@ class Chaos:
             raise KeyboardInterrupt
         return report
 
-    def _prepare_dir(self) -> None:
-        state = self.state
-        out = state.settings.out
-        if out is None:
-            state.run_dir = Path(tempfile.mkdtemp(prefix="proj-chaos-"))
-        else:
-            run_dir = Path(out).absolute()
-            if (run_dir / "ledger.sqlite").exists():
-                raise ChaosError(f"{run_dir} already holds a chaos run (ledger.sqlite): pass an empty --out")
-            try:
-                run_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ChaosError(f"cannot create the run dir {run_dir}: {exc.strerror}") from exc
-            state.run_dir = run_dir
-        ledger.connect(str(state.ledger_path))  # creates the table in WAL mode before any worker writes
-        (state.run_dir / "schedule.json").write_text(
-            json.dumps({"seed": state.seed, "faults": [f.to_dict() for f in state.schedule]}, indent=2) + "\n"
-        )
-
     def _start_broker(self) -> None:
         try:
             self.broker.start()
@@ -136,34 +110,6 @@ class Chaos:
                 self.state.run_dir = None
             raise
 
-    def _drain(self) -> dict:
-        """Wait until task_queue holds nothing ready and nothing unacknowledged, several samples in a row."""
-        state = self.state
-        if not state.held:
-            state.say(" [*] faults done; waiting for task_queue to drain")
-        deadline = time.monotonic() + state.settings.drain_timeout
-        settled = 0
-        sample = None
-        if state.held:  # the watch ended the run: count what there is, do not wait for a drain
-            deadline = time.monotonic()
-            sample = self.broker.queue_state()
-        while time.monotonic() < deadline and not state.stopping.is_set():
-            sample = self.broker.queue_state()
-            empty = sample is not None and sample["ready"] == 0 and sample["unacked"] == 0
-            settled = settled + 1 if empty else 0
-            all_done = len(state.done) >= len(state.published)
-            # Once every task is done, a few samples suffice; a task still missing gets longer.
-            if settled >= (SETTLED_SAMPLES if all_done else 4 * SETTLED_SAMPLES):
-                break
-            time.sleep(SAMPLE_INTERVAL)
-        queue = dict(sample or {"ready": None, "unacked": None, "consumers": None})
-        queue["settled"] = settled >= SETTLED_SAMPLES
-        if not queue["settled"] and not state.held:
-            state.say(f" [!] task_queue did not drain within {state.settings.drain_timeout:.0f} s: {queue}")
-        queue["dead_letters"] = self.broker.dead_letters()
-        queue["other_queues"] = self.broker.other_queues()
-        return queue
-
     def _teardown(self) -> None:
         self.state.stopping.set()
         self.workers.stop()
@@ -171,3 +117,35 @@ class Chaos:
             t.join(JOIN_TIMEOUT)
         self.workers.end_all()  # a restarter may have started one more in the meantime
         self.broker.stop()
+
+
+def drain(state: RunState, broker, all_done_only: bool = False) -> dict:
+    """Wait until task_queue holds nothing ready and nothing unacknowledged, several samples in a row.
+
+    Once every task is done a few samples suffice; with a task still missing, more (lost?), or with
+    ``all_done_only`` (the compose cluster, whose management API lags seconds) until ``drain_timeout``.
+    ``broker``: ``queue_state()``, ``dead_letters()`` and ``other_queues()`` (proj/chaos/broker.py's).
+    """
+    if not state.held:
+        state.say(" [*] faults done; waiting for every task and an empty task_queue")
+    deadline = time.monotonic() + state.settings.drain_timeout
+    settled = 0
+    sample = None
+    if state.held:  # the watch ended the run: count what there is, do not wait for a drain
+        deadline = time.monotonic()
+        sample = broker.queue_state()
+    while time.monotonic() < deadline and not state.stopping.is_set():
+        sample = broker.queue_state()
+        empty = sample is not None and sample["ready"] == 0 and sample["unacked"] == 0
+        all_done = set(state.published) <= state.done
+        settled = settled + 1 if empty and (all_done or not all_done_only) else 0
+        if settled >= (SETTLED_SAMPLES if all_done else 4 * SETTLED_SAMPLES):
+            break
+        time.sleep(SAMPLE_INTERVAL)
+    queue = dict(sample or {"ready": None, "unacked": None, "consumers": None})
+    queue["settled"] = settled >= SETTLED_SAMPLES
+    if not queue["settled"] and not state.held:
+        state.say(f" [!] task_queue did not drain within {state.settings.drain_timeout:.0f} s: {queue}")
+    queue["dead_letters"] = broker.dead_letters()
+    queue["other_queues"] = broker.other_queues()
+    return queue

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import random
 import secrets
+import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -37,6 +39,9 @@ class Settings:
     out: Path | None = None
     #: Published but not yet done: the publisher waits above this, so it publishes during the faults.
     backlog: int = 50
+    #: At most this many publishes a second (so the stream lasts through faults held long); None: only the
+    #: backlog paces the publisher.
+    rate: float | None = None
     max_dots: int = 3
     drain_timeout: float = 300.0
     #: Nodes of a private RabbitMQ cluster (quorum task_queue) instead of one node; 0: one node.
@@ -118,6 +123,37 @@ class RunState:
     @property
     def ledger_path(self) -> Path:
         return self.run_dir / "ledger.sqlite"
+
+    @property
+    def task_prefix(self) -> str:
+        """Every task id of the run starts with it."""
+        return f"chaos-{self.run_id}-"
+
+    def make_run_dir(self, prefix: str) -> None:
+        """The run dir (``--out``, which must hold no run yet, or a new temp dir), with the schedule in it."""
+        out = self.settings.out
+        if out is None:
+            self.run_dir = Path(tempfile.mkdtemp(prefix=prefix))
+        else:
+            run_dir = Path(out).absolute()
+            if (run_dir / "ledger.sqlite").exists():
+                raise ChaosError(f"{run_dir} already holds a chaos run (ledger.sqlite): pass an empty --out")
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ChaosError(f"cannot create the run dir {run_dir}: {exc.strerror}") from exc
+            self.run_dir = run_dir
+        (self.run_dir / "schedule.json").write_text(
+            json.dumps({"seed": self.seed, "faults": [f.to_dict() for f in self.schedule]}, indent=2) + "\n"
+        )
+
+    def announce(self, run: str, workers: str, faults: str) -> None:
+        """The run's first line: what it runs, its faults by kind, its seed and run dir."""
+        kinds = Counter(f.kind for f in self.schedule)
+        self.say(
+            f" [*] {run} {self.run_id}: {self.settings.tasks} tasks, {workers}, {len(self.schedule)} {faults} "
+            f"({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}), seed {self.seed}; run dir {self.run_dir}"
+        )
 
     def say(self, line: str) -> None:
         self.stream.write(line + "\n")

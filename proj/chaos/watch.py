@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import time
 
+from celery.app.control import Control
+from kombu import Connection
+
 from proj import config
+from proj.celery import app
 from proj.chaos.state import RunState
 from proj.chaos.worker_slots import WorkerSlots
 
@@ -69,10 +73,6 @@ class Watch:
 
     def control(self):
         if self._control is None:
-            from celery.app.control import Control
-
-            from proj.celery import app
-
             self._control = Control(app)
             # Celery's control publishes through its app's producer pool, so to the app's own broker
             # whatever connection it is given; without the pool it publishes on the run's connection.
@@ -80,8 +80,6 @@ class Watch:
         return self._control
 
     def ask(self, hosts: list[str]) -> dict[str, dict]:
-        from kombu import Connection
-
         with Connection(self.broker.url, connect_timeout=5) as conn:
             conn.ensure_connection(max_retries=1)
             replies = self.control().broadcast(

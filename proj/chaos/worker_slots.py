@@ -136,6 +136,9 @@ class WorkerSlots:
         for slot in self.slots:
             self.scan(slot)
 
+    def progress(self) -> str:
+        return f"{len(self.ready())}/{len(self.slots)} workers up"
+
     def restart_later(self, slot: Slot, proc: WorkerProcess, fault: checker.Fault) -> None:
         """Start a thread that waits for the stopped worker to exit and starts it again."""
         self.restarters.append(self.state.start_thread(lambda: self.restart(slot, proc, fault), f"restart-{slot.name}"))

@@ -4,6 +4,11 @@ Usage::
 
     proj chaos                                  # 500 tasks, 3 workers, 10 faults, private broker
     proj chaos --tasks 5000 --faults 50 --seed 7 --json
+    ./dev.sh images && proj chaos --compose --tasks 3000 --faults 20 --workers 3   # node faults on containers
+
+The run is proj/chaos/run.py's (worker processes, a private node or cluster, or a given broker), or with
+``--compose`` proj/chaos/compose.py's (the compose cluster profile's containers): the same publisher,
+monitor, schedule, checker and report, so the same summary and exit statuses.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from pathlib import Path
 import click
 
 from proj.chaos.schedule import KINDS, NODE_KILL, RESTART_BROKER
+from proj.chaos.state import ChaosError
+from proj.cli import tools
 from proj.cli.exits import CANNOT_RUN, FAILED, INTERRUPTED, OK
 
 
@@ -100,14 +107,14 @@ def chaos(
     duplicate run is explained by a fault, no worker held a message without starting it past
     --stuck-after, and task_queue ends empty; 1 if not; 2 if it could not run.
     """
-    from proj.chaos.run import Chaos, Settings
-
-    if compose:  # proj/cli/chaos_compose.py: the same report and checker, on containers
-        from proj.cli.chaos_compose import chaos_compose
-
+    if compose:
         chaos_compose(
             tasks, workers, faults, seed, seconds_per_dot, out, bool(cluster or broker_url or fault_kinds), as_json
         )
+    # Here, not at the top: `proj --help` imports this module to list the commands, and the run's
+    # modules (workers, broker, watch) would add a tenth of a second to it.
+    from proj.chaos.run import Chaos, Settings
+
     kinds = tuple(k.replace("-", "_") for k in fault_kinds)
     if cluster and broker_url:
         _refuse("--cluster starts a private cluster: leave out --broker-url")
@@ -133,13 +140,28 @@ def chaos(
     run_and_report(run, lambda: run.run().to_dict(), as_json, summary)
 
 
+def chaos_compose(tasks, workers, faults, seed, seconds_per_dot, out, other_broker: bool, as_json: bool) -> None:
+    """``--compose``: run it, print proj chaos's summary and the containers' figures, exit with proj chaos's
+    statuses."""
+    if other_broker:
+        _refuse("--compose runs its own compose cluster and node faults: leave out --cluster, --broker-url, --fault")
+    tools.require("chaos", "yaml")  # proj/harness/compose.py reads and writes compose files
+    # Here, not at the top: it needs the tooling extra (yaml), checked just above.
+    from proj.chaos.compose import ComposeChaos, ComposeSettings
+    from proj.chaos.compose import summary as compose_summary
+
+    settings = ComposeSettings(
+        tasks=tasks, workers=workers, faults=faults, seed=seed, seconds_per_dot=seconds_per_dot, out=out
+    )
+    run = ComposeChaos(settings, out=sys.stderr if as_json else sys.stdout)
+    run_and_report(run, run.run, as_json, lambda report: [*summary(report), *compose_summary(report)])
+
+
 def run_and_report(run, carry_out, as_json: bool, lines) -> None:
     """Carry a run out, print its report (JSON, or ``lines(report)``) and exit by the exit-status table.
 
     ``carry_out()`` returns the report in its JSON form, as report.json holds it.
     """
-    from proj.chaos.state import ChaosError
-
     # SIGTERM (timeout, docker stop, a CI runner) ends the run like Ctrl+C: everything started is stopped.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -176,7 +198,7 @@ def _s(x) -> str:
 
 def summary(report: dict) -> list[str]:
     """The figures, as lines for a terminal."""
-    from proj.chaos.watch import describe
+    from proj.chaos.watch import describe  # here, not at the top: see chaos() (`proj --help` start-up)
 
     lat = report["redelivery_latency"]
     q = report.get("queue") or {}

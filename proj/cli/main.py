@@ -25,7 +25,7 @@ LAZY_COMMANDS = {
 }
 
 #: What a lazy command needs of the tooling extra (proj/cli/tools.py), checked when it runs (its --help needs none).
-#: ``proj chaos --compose`` checks its own (proj/cli/chaos_compose.py).
+#: ``proj chaos --compose`` checks its own (proj/cli/chaos.py).
 NEEDS_TOOLS = {
     "lab": ("matplotlib",),
     "bench": ("pika",),
