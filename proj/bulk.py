@@ -2,7 +2,7 @@
 
 Usage::
 
-    from proj.tasks import send_many
+    from proj.producer import send_many  # or proj.tasks, as before
     ids = send_many(["First message.", "Second message..", "Third message..."])
 
 ``.delay()`` waits for the broker's confirm of each message before it sends the next, one round trip
@@ -28,8 +28,15 @@ import dataclasses
 import time
 from collections.abc import Iterable
 
-from proj import config, frames, queues, sentevents
-from proj.tasks import TASK_NAME, PublishError, check_message
+from amqp.exceptions import PreconditionFailed
+from celery.utils import uuid
+from celery.utils.saferepr import saferepr
+from kombu import Producer
+
+from proj import compat, config, frames, queues, sentevents
+from proj.celery import app
+from proj.management import hide_password
+from proj.messages import TASK_NAME, PublishError, check_message
 
 #: Messages published but not yet confirmed, at most: the publisher reads confirms before it sends more.
 WINDOW = 2000
@@ -108,10 +115,6 @@ def send_many(messages: Iterable[str], broker_url: str | None = None) -> list[st
     not text or too large; PublishError if the broker cannot be reached (nothing was sent);
     BulkPublishError naming each message that was refused or not confirmed (the others are queued).
     """
-    from celery.utils import uuid
-
-    from proj.celery import app
-
     messages = list(messages)
     for position, message in enumerate(messages, 1):
         try:
@@ -125,8 +128,6 @@ def send_many(messages: Iterable[str], broker_url: str | None = None) -> list[st
         try:
             conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5, timeout=config.PUBLISH_TIMEOUT)
         except Exception as exc:
-            from proj.management import hide_password
-
             raise PublishError(f"could not publish to {hide_password(conn.as_uri())}: {exc}") from exc
         failures = _publish_all(app, conn, messages, ids)
     if failures:
@@ -136,8 +137,6 @@ def send_many(messages: Iterable[str], broker_url: str | None = None) -> list[st
 
 def _publish_all(app, conn, messages: list[str], ids: list[str]) -> list[Failure]:
     """Publish, collect confirms, send task-sent events for the confirmed; the failures, by position."""
-    from amqp.exceptions import PreconditionFailed
-
     channel = conn.channel()
     try:
         # Declared as Celery's send_task_message does before publishing: to the default exchange, a
@@ -204,8 +203,6 @@ def _publish_all(app, conn, messages: list[str], ids: list[str]) -> list[Failure
 
 def _template(app, channel, amqp_conn):
     """The messages' frames (proj/frames.py), or Celery's messages through kombu when frames are off."""
-    from proj import compat
-
     if frames.usable(amqp_conn):
         try:
             return frames.Template(app, TASK_NAME, channel.channel_id, amqp_conn.frame_max)
@@ -218,9 +215,6 @@ class _CeleryMessages:
     """Celery's task messages published one by one through kombu's producer (no confirm wait here)."""
 
     def __init__(self, app, channel):
-        from celery.utils.saferepr import saferepr
-        from kombu import Producer
-
         self.app = app
         self.producer = Producer(channel, auto_declare=False)
         self._saferepr = saferepr

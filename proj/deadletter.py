@@ -17,9 +17,12 @@ from __future__ import annotations
 import socket
 import time
 
+from celery.utils.log import get_logger
 from kombu import Connection
 
 from proj.queues import DEAD_QUEUE_NAME, QUEUE_NAME
+
+logger = get_logger(__name__)
 
 REASON = "x-proj-dead-reason"
 DEAD_AT = "x-proj-dead-at"
@@ -99,11 +102,7 @@ def _move(app, message, routing_key: str, headers: dict, content_type, content_e
                 conn, message.body, routing_key, headers, copy_properties(message), content_type, content_encoding
             )
     except Exception as exc:  # the broker is gone or refused: keep the original, unacked
-        from celery.utils.log import get_logger
-
-        get_logger(__name__).error(
-            "could not move message to %s (left unacked, it will come back): %s", routing_key, exc
-        )
+        logger.error("could not move message to %s (left unacked, it will come back): %s", routing_key, exc)
         return False
     message.ack()
     return True

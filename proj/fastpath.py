@@ -39,6 +39,7 @@ from celery import signals
 from celery.utils.log import get_logger
 
 from proj import compat, config, confirms, frames, sentevents
+from proj.messages import TASK_NAME
 
 logger = get_logger(__name__)
 
@@ -247,8 +248,6 @@ def _template(app, channel, frame_max: int, reply_to: str, ignore_result: bool) 
     key = (os.getpid(), reply_to, bool(ignore_result))
     template = per_channel.get(key)
     if template is None:
-        from proj.tasks import TASK_NAME
-
         template = per_channel[key] = frames.Template(
             app, TASK_NAME, channel.channel_id, frame_max, reply_to=reply_to, ignore_result=bool(ignore_result)
         )

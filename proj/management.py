@@ -15,6 +15,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from proj import config
+from proj.celery import app
+
 DEFAULT_MANAGEMENT_PORT = 15672
 
 
@@ -41,13 +44,9 @@ def vhost_from_broker(broker_url: str) -> str:
 def configured_management_url(broker_url: str | None = None) -> str:
     """``PROJ_MANAGEMENT_URL``, else derived from the broker URL: one management URL per host of
     Celery's failover list, ``;``-separated like it (a client uses the first that answers)."""
-    from proj import config
-
     if config.MANAGEMENT_URL:
         return config.MANAGEMENT_URL
     if broker_url is None:
-        from proj.celery import app
-
         broker_url = app.conf.broker_url
     derived = [management_url_from_broker(one.strip()) for one in broker_url.split(";") if one.strip()]
     return ";".join(dict.fromkeys(derived))
@@ -113,8 +112,6 @@ class Management:
     @classmethod
     def for_broker(cls, broker_url: str | None = None) -> Management:
         if broker_url is None:
-            from proj.celery import app
-
             broker_url = app.conf.broker_url
         return cls(configured_management_url(broker_url), vhost_from_broker(broker_url.split(";")[0]))
 

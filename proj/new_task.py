@@ -23,9 +23,18 @@ refuses the message): the one table of every command (proj/cli/exits.py, README 
 
 from __future__ import annotations
 
+import socket
 import sys
+import urllib.parse
+
+from amqp import exceptions as amqp_exc
 
 from proj import config
+from proj.bulk import BulkPublishError
+from proj.celery import app
+from proj.console import say
+from proj.management import hide_password
+from proj.tasks import PublishError, check_message, send_many, work
 
 # The exit-status table of proj/cli/exits.py, spelled out: the app imports none of the tooling.
 EXIT_OK = 0
@@ -57,12 +66,6 @@ def parse_args(args: list[str]) -> str | None:
 
 def describe_broker_error(exc: BaseException) -> str:
     """What failed, in a few words, for an error raised while connecting or publishing."""
-    import socket
-
-    from amqp import exceptions as amqp_exc
-
-    from proj.tasks import PublishError
-
     if isinstance(exc, PublishError):
         if exc.__cause__ is None:  # refused by the broker: the error says why
             return str(exc)
@@ -91,8 +94,6 @@ AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 
 def broker_url_problem(url: str) -> str | None:
     """What is wrong with a CELERY_BROKER_URL, in words, or None if it looks like an AMQP URL."""
-    import urllib.parse
-
     for one in url.split(";"):
         parts = urllib.parse.urlsplit(one.strip())
         if parts.scheme not in AMQP_SCHEMES:
@@ -110,9 +111,6 @@ def publish(message: str, broker_url: str | None = None):
     """Publish ``message`` as ``proj.tasks.work`` to ``broker_url`` (default: the app's); return the AsyncResult.
 
     Raises on broker errors."""
-    from proj.celery import app
-    from proj.tasks import check_message, work
-
     check_message(message)  # before connecting: a refused message never reaches the broker
     # Connection attempts, retries and the confirm wait all fit in PROJ_PUBLISH_TIMEOUT (config.py).
     with app.connection_for_write(url=broker_url) as conn:
@@ -133,11 +131,6 @@ def read_lines(path: str) -> list[str]:
 
 def send_file(args: list[str]) -> int:
     """``new-task --file FILE``: every line of FILE a task, all confirmed, else each failure on its own line."""
-    from proj.bulk import BulkPublishError
-    from proj.celery import app
-    from proj.console import say
-    from proj.management import hide_password
-    from proj.tasks import PublishError, send_many
 
     def fail(line: str) -> int:
         print(f"new-task: {line}", file=sys.stderr)
@@ -188,10 +181,6 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # `new-task --help | head`: the reader has what it wanted
             sys.stdout = None
         return EXIT_OK
-
-    from proj.celery import app
-    from proj.console import say
-    from proj.management import hide_password
 
     url = app.conf.broker_url
     problem = broker_url_problem(url)

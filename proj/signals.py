@@ -6,11 +6,15 @@ import sys
 import threading
 import time
 
+from amqp.exceptions import AccessRefused, NotAllowed, PreconditionFailed
 from celery.signals import worker_init, worker_ready
 from celery.utils.log import get_logger
 
 from proj import config
 from proj.console import READY_LINE, say
+from proj.management import Management, ManagementError, hide_password
+from proj.new_task import describe_broker_error
+from proj.queues import POLICY_NAMES, ensure_policy, explain_mismatch, policy_problem
 
 logger = get_logger(__name__)
 
@@ -28,11 +32,6 @@ def check_broker_login(sender=None, **kwargs) -> None:
     Celery treats both as unrecoverable and ends with a CRITICAL log and some 80 lines of traceback. Any
     other connection error (a broker not up yet) is left to Celery's own connection retry.
     """
-    from amqp.exceptions import AccessRefused, NotAllowed
-
-    from proj.management import hide_password
-    from proj.new_task import describe_broker_error
-
     app = sender.app if sender is not None else None
     if app is None or app.conf.broker_url.split("://")[0] not in ("amqp", "pyamqp"):
         return
@@ -64,10 +63,6 @@ def check_queue_declaration(app) -> None:
 
     An unreachable broker is not an error here: the worker retries its connection as usual.
     """
-    from amqp.exceptions import PreconditionFailed
-
-    from proj.queues import explain_mismatch
-
     (queue,) = app.conf.task_queues
     try:
         with app.connection_for_read() as conn:
@@ -92,8 +87,6 @@ _policy_to_check = None
 def ensure_dead_letter_policy(app) -> None:
     """Give task_queue its dead-letter exchange (RabbitMQ policies), or say loudly that it has none."""
     global _policy_to_check
-    from proj.management import Management, ManagementError
-    from proj.queues import ensure_policy
 
     management = Management.for_broker(app.conf.broker_url)
     try:
@@ -116,9 +109,6 @@ def check_policy_in_effect(management, timeout: float = POLICY_CHECK_TIMEOUT, in
     without a dead-letter exchange: what the broker itself dead-letters (an expired message, a reject
     without requeue) would vanish instead of reaching task_queue.dead.
     """
-    from proj.management import ManagementError
-    from proj.queues import POLICY_NAMES, policy_problem
-
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import sys
 
+from proj.celery import app
+
 
 def main(argv: list[str] | None = None) -> int:
+    # start-up: Celery's command line (click, every command's module) only when the worker runs, not on import
     from celery.bin.base import CLIContext
     from celery.bin.worker import worker
-
-    from proj.celery import app
 
     args = sys.argv[1:] if argv is None else argv
     # What `celery -A proj` sets before it runs a subcommand: the app, nothing else (proj has no preload options).

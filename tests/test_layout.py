@@ -103,7 +103,7 @@ def literal_strings(tree: ast.Module):
     ("text", "home"),
     [
         ("Waiting for messages. To exit press CTRL+C", "proj/console.py"),  # the worker's ready line
-        ("proj.tasks.work", "proj/tasks.py"),  # the task's name
+        ("proj.tasks.work", "proj/messages.py"),  # the task's name (proj.messages.TASK_NAME)
     ],
 )
 def test_a_name_the_tutorial_and_the_broker_see_is_written_once(text, home):

@@ -15,10 +15,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from kombu import Connection, Producer
+
 from proj import queues
 from proj.bench.fleet import CONTROL_TIMEOUT, CeleryFleet, Loader, QueueProbe
 from proj.bench.run import SECONDS_PER_DOT, TIMEOUT, Plan, W, say
+from proj.celery import app
 from proj.management import Management
+from proj.rabbit.cluster import Cluster, free_port_run
+from proj.rabbit.node import private_node
+from proj.tasks import work
 
 
 class BrokerFleet(CeleryFleet):
@@ -30,10 +36,6 @@ class BrokerFleet(CeleryFleet):
     """
 
     def _control(self, command: str, n: int | None, reply: bool) -> None:
-        from kombu import Connection
-
-        from proj.celery import app
-
         hosts = self.hostnames(n)
         with Connection(self.url) as conn:
             mailbox = app.control.mailbox(conn)
@@ -69,9 +71,6 @@ class Setup:
 
     def publish_one_at_a_time(self, n: int) -> float:
         """Messages per second, ``.delay()``'s path: each publish returns once the broker confirmed it."""
-        from proj.celery import app
-        from proj.tasks import work
-
         with app.connection_for_write(self.url) as conn:
             work.apply_async(args=["bench"], connection=conn, ignore_result=True, queue=self.queue)
             started = time.perf_counter()
@@ -83,10 +82,6 @@ class Setup:
 
     def fill(self, messages: list[str]) -> float:
         """Publish ``messages`` pipelined on one confirmed channel (send_many's way); messages per second."""
-        from kombu import Producer
-
-        from proj.tasks import work
-
         self.probe.purge(self.fleet.queue)
         loader = Loader(self.url)
         try:
@@ -126,9 +121,6 @@ class Setup:
 
 
 def run(plan: Plan, size: int = 3, work_dir: Path | None = None) -> dict:
-    from proj.rabbit.cluster import Cluster, free_port_run
-    from proj.rabbit.node import private_node
-
     began = time.monotonic()
     keep = work_dir is not None
     root = Path(work_dir).absolute() if keep else Path(tempfile.mkdtemp(prefix="proj-bench-cluster-"))

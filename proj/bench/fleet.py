@@ -9,6 +9,8 @@ paused, then resuming W of them at once, so no worker gets a head start from sta
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -16,13 +18,17 @@ import sys
 import time
 from pathlib import Path
 
-from kombu import Connection
+from amqp import Message
+from celery.app.control import Control
+from kombu import Connection, Producer
 
 from proj import config
 from proj.bench import pika_worker
 from proj.bench.tuned import SETTINGS_ENV
+from proj.celery import app
 from proj.harness.processes import children_of
 from proj.harness.workers import LoggedProcess, WorkerProcess
+from proj.tasks import work
 
 #: The reference's queue: the tutorial's settings, kept apart from Celery's ``task_queue``.
 PIKA_QUEUE = "task_queue_pika"
@@ -113,11 +119,6 @@ class Loader:
 
     def celery_tasks(self, messages: list[str], ignore_result: bool = True) -> None:
         """``work`` tasks exactly as ``apply_async`` builds them (persistent, to ``task_queue``)."""
-        from kombu import Producer
-
-        from proj.celery import app
-        from proj.tasks import work
-
         producer = Producer(self.channel, auto_declare=False)
         sent_event = app.conf.task_send_sent_event
         app.conf.task_send_sent_event = False  # filling, not producing: no task-sent event per message
@@ -130,8 +131,7 @@ class Loader:
 
     def dramatiq(self, queue: str, bodies: list[str]) -> None:
         """dramatiq's messages for ``work``, as ``work.send()`` encodes them: persistent, to its queue."""
-        from amqp import Message
-
+        # dramatiq is optional (proj[tools]): loaded only for the dramatiq contender
         from proj.bench.dramatiq_worker import work
 
         for body in bodies:
@@ -141,8 +141,6 @@ class Loader:
 
     def plain(self, queue: str, bodies: list[str]) -> None:
         """The tutorial's messages: a persistent plain-text body to the default exchange."""
-        from amqp import Message
-
         for i, body in enumerate(bodies):
             self.channel.basic_publish(
                 Message(body, delivery_mode=2, message_id=str(i)), exchange="", routing_key=queue
@@ -196,8 +194,6 @@ class CeleryFleet:
     def _new(self, i: int) -> WorkerProcess:
         env = dict(self.env)
         if self.settings:
-            import json
-
             env[SETTINGS_ENV] = json.dumps(self.settings)
         worker = WorkerProcess(f"{self.name}{i + 1}", self.url, self.log_dir, env=env, **self.options)
         if self.settings:
@@ -223,10 +219,6 @@ class CeleryFleet:
         return [w.hostname for w in self.workers[:n]]
 
     def _control(self, command: str, n: int | None, reply: bool) -> None:
-        from celery.app.control import Control
-
-        from proj.celery import app
-
         control = Control(app)
         # Celery's control publishes through its app's producer pool, so to the app's own broker
         # whatever connection it is given; without the pool it publishes on the connection given.
@@ -342,8 +334,6 @@ class PikaFleet:
 
 def dramatiq_available() -> bool:
     """Whether the optional peer (``pip install 'dramatiq[rabbitmq]'``) can run here."""
-    import importlib.util
-
     return importlib.util.find_spec("dramatiq") is not None and importlib.util.find_spec("pika") is not None
 
 
@@ -355,6 +345,7 @@ class DramatiqProcess(LoggedProcess):
     """
 
     def __init__(self, name: str, url: str, log_dir: Path, *, seconds_per_dot: float, record: bool = True):
+        # dramatiq is optional (proj[tools]): loaded only for the dramatiq contender
         from proj.bench import dramatiq_worker as dw
 
         self.name = name
@@ -381,6 +372,7 @@ class DramatiqProcess(LoggedProcess):
         self.worker_pid: int | None = None
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        # dramatiq is optional (proj[tools]): loaded only for the dramatiq contender
         from proj.bench.dramatiq_worker import READY_LINE
 
         self.wait_for_line(READY_LINE, timeout)
@@ -400,6 +392,7 @@ class DramatiqFleet:
     kind = "dramatiq"
 
     def __init__(self, name: str, url: str, log_dir: Path, n: int, *, seconds_per_dot: float):
+        # dramatiq is optional (proj[tools]): loaded only for the dramatiq contender
         from proj.bench.dramatiq_worker import QUEUE
 
         self.queue = QUEUE
@@ -424,12 +417,14 @@ class DramatiqFleet:
         return self.workers[i]
 
     def pause(self) -> None:
+        # dramatiq is optional (proj[tools]): loaded only for the dramatiq contender
         from proj.bench.dramatiq_worker import PAUSE_SIGNAL
 
         for w in self.workers:
             w.signal_worker(PAUSE_SIGNAL)
 
     def resume(self, n: int | None = None) -> None:
+        # dramatiq is optional (proj[tools]): loaded only for the dramatiq contender
         from proj.bench.dramatiq_worker import RESUME_SIGNAL
 
         for w in self.workers[:n]:

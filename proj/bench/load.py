@@ -18,13 +18,15 @@ import json
 import sys
 import time
 
+import pika
+
 from proj.bench.pika_worker import connection_parameters
+from proj.celery import app
+from proj.tasks import work
 
 
 def pika_channel(url: str, queue: str):
     """The tutorial's new_task.py set-up, plus publisher confirms (its "stronger guarantee")."""
-    import pika
-
     connection = pika.BlockingConnection(connection_parameters(url))
     channel = connection.channel()
     channel.queue_declare(queue=queue, durable=True)
@@ -33,8 +35,6 @@ def pika_channel(url: str, queue: str):
 
 
 def pika_publish(channel, queue: str, body: str, message_id: str) -> None:
-    import pika
-
     channel.basic_publish(
         exchange="",
         routing_key=queue,
@@ -61,9 +61,6 @@ def publish_celery(n: int, body: str = "bench", broker_url: str | None = None, *
     One producer on one connection with the app's settings (confirms included), as the app's
     producer pool hands out to any Celery client. One warm-up publish first, so connecting is not counted.
     """
-    from proj.celery import app
-    from proj.tasks import work
-
     with app.connection_for_write(broker_url) as conn:
         producer = app.amqp.Producer(conn)
         work.apply_async(args=[body], producer=producer, **options)
@@ -77,6 +74,7 @@ def publish_dramatiq(url: str, n: int, body: str = "bench") -> float:
     """Seconds for ``n`` calls of dramatiq's ``work.send(body)``, each confirmed (``confirm_delivery=True``).
 
     One warm-up send first, so connecting and declaring the queue are not counted."""
+    # dramatiq is optional (proj[tools]): loaded only for the dramatiq contender
     from proj.bench import dramatiq_worker
 
     dramatiq_worker.use(url)
@@ -92,9 +90,6 @@ def steady(kind: str, url: str, queue: str, rate: float, seconds: float) -> list
     count = max(1, int(rate * seconds))
     sent: list[tuple[str, float]] = []
     if kind == "celery":
-        from proj.celery import app
-        from proj.tasks import work
-
         with app.connection_for_write(url) as conn:
             producer = app.amqp.Producer(conn)
 
@@ -103,6 +98,7 @@ def steady(kind: str, url: str, queue: str, rate: float, seconds: float) -> list
 
             sent = _schedule(publish, count, rate)
     elif kind == "dramatiq":
+        # dramatiq is optional (proj[tools]): loaded only for the dramatiq contender
         from proj.bench import dramatiq_worker
 
         dramatiq_worker.use(url)

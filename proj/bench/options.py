@@ -10,9 +10,12 @@
 from __future__ import annotations
 
 import statistics
+import time
 
 from proj.bench.fleet import PIKA_QUEUE, CeleryFleet, rss_kib
+from proj.bench.load import publish_pika
 from proj.bench.run import SECONDS_PER_DOT, Bench, RssSampler, W, say
+from proj.bulk import send_many
 
 #: What the solo option runs instead of ``celery -A proj worker -c 1``.
 SOLO_ARGS = ("-P", "solo")
@@ -40,17 +43,12 @@ def start_solo(bench: Bench) -> SoloFleet:
 
 def section_bulk(bench: Bench) -> dict:
     """``send_many(n)`` against pika's ``n`` confirmed publishes one at a time, alternated."""
-    from proj.bench.load import publish_pika
-    from proj.bulk import send_many
-
     n = bench.plan.publish_messages
     say(f"bulk publish: {n} messages with send_many vs pika basic_publish one at a time, {bench.plan.reps} runs each")
     url = bench.node.url
     send_many(["warm-up"], url)
 
     def bulk() -> float:
-        import time
-
         started = time.perf_counter()
         send_many(["bench"] * n, url)
         rate = n / (time.perf_counter() - started)

@@ -21,9 +21,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
-from kombu import Connection
+import celery
+import kombu
+import pika
+from celery.events.event import get_exchange
+from kombu import Connection, Consumer, Queue
 
 from proj.bench.fleet import (
     PIKA_QUEUE,
@@ -35,13 +40,16 @@ from proj.bench.fleet import (
     dramatiq_available,
     rss_kib,
 )
+from proj.bench.load import publish_celery, publish_dramatiq, publish_pika
 from proj.bench.report import NO_DRAMATIQ
+from proj.celery import app
 from proj.harness.events import EventRecorder
 from proj.harness.processes import children_of
 from proj.harness.stats import percentile
 from proj.harness.workers import REPO_ROOT
 from proj.rabbit.management import Management
 from proj.rabbit.node import Node, private_node
+from proj.tasks import work
 
 #: One '.' is 10 ms in every benchmark worker: "." is the 10 ms task, a message without dots a no-op.
 SECONDS_PER_DOT = 0.01
@@ -110,14 +118,8 @@ def say(line: str) -> None:
 
 
 def versions(node: Node) -> dict:
-    import celery
-    import kombu
-    import pika
-
     rabbit = "unknown"
     with contextlib.suppress(Exception):
-        from proj.rabbit.management import Management
-
         rabbit = Management(node.management_url).request("GET", "overview")["rabbitmq_version"]
     return {
         "cores": os.cpu_count(),
@@ -139,8 +141,6 @@ def peer_ratios(row: dict, celery_key: str = "celery", dramatiq_key: str = "dram
 
 
 def _version(distribution: str) -> str | None:
-    from importlib import metadata
-
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
@@ -380,9 +380,6 @@ class Bench:
 
     def section_publish(self) -> dict:
         """``.delay()`` with confirms vs pika's confirmed ``basic_publish``, one message at a time."""
-        from proj.bench.load import publish_celery, publish_dramatiq, publish_pika
-        from proj.celery import app
-
         n, url = self.plan.publish_messages, self.node.url
         say(
             f"publish: {n} confirmed messages one at a time, .delay() vs pika basic_publish, {self.plan.reps} runs each"
@@ -565,10 +562,6 @@ class Bench:
 
     def makespan(self, fleet: CeleryFleet, workload: list[str]) -> float:
         """From the first task-started to the last task-succeeded, publishing to running workers."""
-        from kombu import Connection
-
-        from proj.tasks import work
-
         with EventRecorder(self.node.url) as recorder:
             fleet.resume(W)
             self.probe.wait(fleet.queue, lambda ready, consumers: consumers == W, 60, "workers consuming")
@@ -585,6 +578,7 @@ class Bench:
 
     def makespan_dramatiq(self, fleet: DramatiqFleet, workload: list[str]) -> float:
         """The same for dramatiq: ``work.send()`` to running workers, times from the workers' records."""
+        # dramatiq is optional (proj[tools]): loaded only for the dramatiq contender
         from proj.bench import dramatiq_worker
 
         fleet.resume(W)
@@ -613,10 +607,6 @@ class Bench:
         deliveries), and every worker up and idle before each kill. dramatiq's kills alternate with
         proj's: its worker process (the one holding the consumer and running the task) is killed.
         """
-        from kombu import Connection
-
-        from proj.tasks import work
-
         kills = self.plan.kills
         fleet = self.celery
         everyone = len(fleet.workers)
@@ -676,6 +666,7 @@ class Bench:
     def redeliver_dramatiq(self, long_task: str, k: int) -> float:
         """One dramatiq kill: the task's start announced in a worker's log, that worker process SIGKILLed,
         the seconds until another worker announces it; then the killed worker replaced and the task done."""
+        # dramatiq is optional (proj[tools]): loaded only for the dramatiq contender
         from proj.bench import dramatiq_worker as dw
 
         fleet = self.dramatiq
@@ -730,9 +721,6 @@ class TaskEventQueue:
     """Celery's task-started and task-succeeded events, queued by the broker during a run, read after it."""
 
     def __init__(self, url: str):
-        from celery.events.event import get_exchange
-        from kombu import Connection, Queue
-
         self.conn = Connection(url)
         exchange = get_exchange(self.conn)
         self.queue = Queue(f"bench.events.{os.getpid()}", exchange, routing_key="task.#", auto_delete=False)
@@ -740,8 +728,6 @@ class TaskEventQueue:
 
     def read(self, ids: set[str], timeout: float = 60) -> dict[str, tuple[float, float]]:
         """(started, succeeded) timestamps of every task in ``ids``, as its worker stamped them."""
-        from kombu import Consumer
-
         started: dict[str, float] = {}
         succeeded: dict[str, float] = {}
 
@@ -799,55 +785,3 @@ class RssSampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(5)
-
-
-def run(plan: Plan, work_dir: Path | None = None) -> dict:
-    """Every section, in one run on one private broker; returns the figures."""
-    began = time.monotonic()
-    bench = Bench(plan, work_dir)
-    interrupted = []
-
-    def on_term(signum, frame):
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, on_term)
-    from proj.bench import options
-
-    try:
-        bench.start()
-        solo_fleet = options.start_solo(bench)
-        machine = versions(bench.node)
-        memory = bench.section_memory_idle()
-        publish = bench.section_publish()
-        bulk = options.section_bulk(bench)
-        drain, events = bench.section_drain()
-        short, busy = bench.section_short()
-        memory.update({"celery_busy_kib": busy["celery"], "pika_busy_kib": busy["pika"]})
-        if "dramatiq" in busy:
-            memory["dramatiq_busy_kib"] = busy["dramatiq"]
-        capacity = next(row["celery"] for row in drain if row["workers"] == W)
-        latency = bench.section_latency(capacity)
-        dispatch = bench.section_dispatch()
-        redelivery = bench.section_redelivery()
-        solo = options.section_solo(bench, solo_fleet)
-    finally:
-        bench.close()
-        signal.signal(signal.SIGTERM, old)
-    return {
-        "machine": machine,
-        "plan": dataclasses.asdict(plan),
-        "seconds_per_dot": SECONDS_PER_DOT,
-        "drain": drain,
-        "events": events,
-        "short_tasks": short,
-        "publish": publish,
-        "bulk": bulk,
-        "solo": solo,
-        "latency": latency,
-        "dispatch": dispatch,
-        "redelivery": redelivery,
-        "memory": memory,
-        "elapsed_seconds": time.monotonic() - began,
-        "work_dir": str(bench.dir),
-    }

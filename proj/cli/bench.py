@@ -86,12 +86,15 @@ def bench(
     work_dir: Path | None,
 ) -> None:
     """Measure Celery against the tutorial's pika worker: throughput, latency, dispatch, redelivery, memory."""
+    # start-up: the bench (pika, the broker harness) loads only when `proj bench` runs, and a missing
+    # extra is one line, not a traceback (proj/cli/tools.py)
     from proj.bench import cluster as cluster_mod
     from proj.bench import profile as profile_mod
     from proj.bench import report
     from proj.bench import soak as soak_mod
     from proj.bench import variants as variants_mod
-    from proj.bench.run import Plan, run
+    from proj.bench.run import Plan
+    from proj.bench.suite import run
     from proj.rabbit.node import BrokerError
 
     if out is not None:

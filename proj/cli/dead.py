@@ -20,9 +20,13 @@ import time
 from dataclasses import dataclass
 
 import click
+from amqp.exceptions import NotFound
 
 from proj import deadletter
+from proj.celery import app
 from proj.cli import exits
+from proj.management import hide_password
+from proj.new_task import describe_broker_error
 from proj.queues import DEAD_QUEUE_NAME, QUEUE_NAME
 
 
@@ -72,8 +76,6 @@ def letter_of(message) -> DeadLetter:
 
 
 def _connection(broker_url: str | None):
-    from proj.celery import app
-
     return deadletter.confirming(broker_url or app.conf.broker_url)
 
 
@@ -85,8 +87,6 @@ def walk(conn, visit) -> int:
     so a requeue never takes the same message twice. ``visit`` returns True to stop early. The
     messages not acked go back to the queue, in order, when the channel closes.
     """
-    from amqp.exceptions import NotFound
-
     channel = conn.channel()
     try:
         try:  # passive: the queue's type (classic or quorum) is whatever the workers declared
@@ -148,8 +148,6 @@ def requeue(ids: set[str] | None, broker_url: str | None = None) -> list[str]:
 
 
 def purge(broker_url: str | None = None) -> int:
-    from amqp.exceptions import NotFound
-
     with _connection(broker_url) as conn:
         channel = conn.default_channel
         try:
@@ -163,10 +161,6 @@ def purge(broker_url: str | None = None) -> int:
 
 
 def _fail(exc: Exception) -> None:
-    from proj.celery import app
-    from proj.management import hide_password
-    from proj.new_task import describe_broker_error
-
     click.echo(f"proj dead: cannot reach {hide_password(app.conf.broker_url)}: {describe_broker_error(exc)}", err=True)
     sys.exit(exits.CANNOT_RUN)
 

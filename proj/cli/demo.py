@@ -24,6 +24,7 @@ from proj.cli.exits import CANNOT_RUN, FAILED, INTERRUPTED, OK
 from proj.console import READY_LINE, say
 from proj.harness.events import EventRecorder
 from proj.harness.workers import WorkerProcess
+from proj.new_task import publish
 from proj.rabbit.node import BrokerError, private_node
 
 FIVE_MESSAGES = ["First message.", "Second message..", "Third message...", "Fourth message....", "Fifth message....."]
@@ -46,8 +47,6 @@ def run(seconds_per_dot: float = 0.2, workers: int = 2) -> int:
             w.wait_ready(TIMEOUT)
             say(READY_LINE.replace(" [*] ", f" [*] {w.hostname}: ", 1))
         recorder = EventRecorder(node.url).start()
-
-        from proj.new_task import publish
 
         for message in FIVE_MESSAGES:
             publish(message, node.url)

@@ -24,7 +24,10 @@ import sys
 import time
 
 import click
+from kombu.utils.url import maybe_sanitize_url
 
+from proj import config
+from proj.celery import app
 from proj.cli import exits
 
 #: Default seconds a worker has to answer: a live main process answers in milliseconds.
@@ -43,8 +46,6 @@ class CannotRun(click.ClickException):
 
 def ask(app, names: list[str], timeout: float) -> tuple[dict[str, dict], float]:
     """Every answering worker's guard report (hostname -> report), and how long the answers took."""
-    from kombu.utils.url import maybe_sanitize_url
-
     started = time.monotonic()
     try:
         with app.connection_for_read() as conn:
@@ -110,9 +111,6 @@ def verdict(answers: dict[str, dict], names: list[str], timeout: float, stuck_af
 )
 def health(names, timeout, stuck_after) -> None:
     """Exit 0 if the workers answer and run what they hold, 1 if not, 2 if it cannot ask them."""
-    from proj import config
-    from proj.celery import app
-
     if stuck_after is None:
         stuck_after = config.STUCK_AFTER or 30.0
     answers, _ = ask(app, list(names), timeout)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import click
+from kombu.exceptions import OperationalError
 
 from proj.cli.exits import CANNOT_RUN, FAILED, INTERRUPTED, OK
 
@@ -88,6 +89,7 @@ def lab(ctx, scenario, workers, seconds_per_dot, real_time, broker_url, out_dir,
         seconds_per_dot = 1.0
     if kill == "pool-child" and kill_signal == "QUIT":
         raise click.UsageError("--signal QUIT is a cold shutdown of the worker: use it with --kill worker")
+    # start-up: the lab (the broker harness, matplotlib for its report) loads only when `proj lab` runs
     from proj.lab.scenarios import Options
 
     options = Options(workers=workers, kill=kill, signal=kill_signal)
@@ -104,8 +106,7 @@ def _on_sigterm(signum, frame):
 
 def run(scenario: str, options, *, seconds_per_dot: float, broker_url: str | None, out_dir: Path) -> int:
     """Run ``scenario`` (or all of them) and report; returns the exit status."""
-    from kombu.exceptions import OperationalError
-
+    # start-up: the lab (the broker harness, matplotlib for its report) loads only when `proj lab` runs
     from proj.lab import report
     from proj.lab.scenarios import CANNOT_RESTART, SCENARIOS
     from proj.lab.session import Lab, LabError, no_interrupts

@@ -33,7 +33,10 @@ import urllib.parse
 from datetime import datetime
 
 import click
+from amqp.exceptions import ChannelError, NotFound
+from kombu import Connection
 
+from proj.celery import app
 from proj.cli import exits
 from proj.management import (
     Management,
@@ -42,6 +45,7 @@ from proj.management import (
     hide_password,
     vhost_from_broker,
 )
+from proj.new_task import describe_broker_error
 
 #: Celery's own queues: task events (``celeryev.<uuid>``), remote control (``<worker>.celery.pidbox``,
 #: ``reply.celery.pidbox``), ``rpc://`` result replies (one per client, named by a UUID), server-named.
@@ -66,8 +70,6 @@ class QueuesError(RuntimeError):
 
 def management() -> Management:
     """The management API client for the configured broker, or a QueuesError if its URL is unusable."""
-    from proj.celery import app
-
     broker_url = app.conf.broker_url.split(";")[0]
     url = configured_management_url(broker_url)
     parts = urllib.parse.urlsplit(url)
@@ -93,11 +95,6 @@ class Exact:
 
     def counts(self, names: list[str]) -> dict[str, tuple[int, int] | None]:
         """(ready, consumers) per queue; None for a queue that does not exist; absent if it cannot be read."""
-        from amqp.exceptions import ChannelError, NotFound
-        from kombu import Connection
-
-        from proj.new_task import describe_broker_error
-
         try:
             if self.connection is None:
                 self.connection = Connection(self.broker_url, connect_timeout=3)
@@ -278,8 +275,6 @@ def queues(names, show_all, as_json, watch, interval, count) -> None:
     RabbitMQ's management API at PROJ_MANAGEMENT_URL (default: derived from CELERY_BROKER_URL, port
     15672), marked ~ when its statistics are visibly behind. NAMES limits the table to those queues.
     """
-    from proj.celery import app
-
     try:
         mgmt = management()
     except QueuesError as exc:

@@ -22,13 +22,21 @@ have both (docker-compose.local.yml, docker/rabbitmq/Dockerfile).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
+from kombu import Connection
+
+from proj import config
+from proj.chaos import ledger
+from proj.management import Management
+from proj.rabbit.node import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 COMPOSE_NAMES = ("docker-compose.yml", "docker-compose.local.yml")
@@ -309,8 +317,6 @@ class ComposeCluster(ComposeProject):
         ledger_dir: Path | None = None,
         name_prefix: str = "projcluster",
     ):
-        from proj.rabbit.node import free_port
-
         ports: list[int] = []
         for _ in range(2 * len(CLUSTER_NODES) + 1):
             ports.append(free_port(avoid=tuple(ports)))
@@ -343,8 +349,6 @@ class ComposeCluster(ComposeProject):
         return ";".join(f"http://{self.user}:{self.password}@127.0.0.1:{self.management_ports[n]}/api/" for n in nodes)
 
     def management(self, node: str | None = None):
-        from proj.management import Management
-
         return Management(self.management_url(node), timeout=3)
 
     # -- the workers -----------------------------------------------------------------------------
@@ -362,8 +366,6 @@ class ComposeCluster(ComposeProject):
             env = service.setdefault("environment", {})
             env["CELERY_BROKER_URL"] = self._container_failover_url(env["CELERY_BROKER_URL"], i)
             if self.ledger_dir is not None:
-                from proj.chaos import ledger
-
                 # the worker loads the ledger's hook (proj/chaos/ledger_hook.py, in the app image's package)
                 service["command"] = [*service["command"], *ledger.WORKER_ARGS]
                 env["PROJ_LEDGER"] = "/ledger/ledger.sqlite"
@@ -424,8 +426,6 @@ class ComposeCluster(ComposeProject):
 
     def consumers_by_node(self) -> dict[str, list[str]]:
         """Node -> the worker host names consuming task_queue there (the management API's consumers)."""
-        from proj import config
-
         by_address = {self.address(c): self.hostname(c) for c in self.worker_containers().values()}
         found: dict[str, list[str]] = {n: [] for n in CLUSTER_NODES}
         for consumer in self.management().consumers():
@@ -440,10 +440,6 @@ class ComposeCluster(ComposeProject):
 
     def consumers(self) -> int | None:
         """task_queue's consumers (passive declare through the failover list), None if it cannot be asked."""
-        from kombu import Connection
-
-        from proj import config
-
         try:
             with Connection(self.failover_url(), connect_timeout=3) as conn:
                 return conn.default_channel.queue_declare(config.QUEUE_NAME, passive=True).consumer_count
@@ -452,8 +448,6 @@ class ComposeCluster(ComposeProject):
 
     def wait_whole(self, timeout: float = 300.0, workers: bool = True) -> float:
         """Until :meth:`is_whole`; the seconds it took. ComposeError with what is missing after ``timeout``."""
-        import time
-
         started = time.monotonic()
         while not self.is_whole(workers):
             if time.monotonic() - started > timeout:
@@ -467,15 +461,11 @@ class ComposeCluster(ComposeProject):
 
 
 def json_copy(value):
-    import json
-
     return json.loads(json.dumps(value))
 
 
 def prepare_ledger_dir(path: Path) -> Path:
     """A folder the workers' user (uid 10001 in the app image) can write the ledger to, and the ledger in it."""
-    from proj.chaos import ledger
-
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o777)
     db = path / "ledger.sqlite"

@@ -9,12 +9,15 @@ were redeliveries (the ``task-redelivered`` event that ``proj.tasks.work`` sends
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import threading
 import time
 from collections.abc import Callable
 
 from kombu import Connection
+
+from proj.celery import app as proj_app
 
 
 @dataclasses.dataclass
@@ -68,9 +71,7 @@ class EventRecorder:
     """
 
     def __init__(self, broker_url: str, app=None):
-        if app is None:
-            from proj.celery import app
-        self.app = app
+        self.app = proj_app if app is None else app
         self.broker_url = broker_url
         self.tasks: dict[str, TaskRecord] = {}
         self.events: list[dict] = []
@@ -180,7 +181,6 @@ class EventRecorder:
 
 def _announce(consumer_context, ready: threading.Event):
     """Wrap ConsumerMixin.consumer_context so ``ready`` is set once the queue is consumed."""
-    import contextlib
 
     @contextlib.contextmanager
     def wrapped(**kwargs):

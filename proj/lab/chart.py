@@ -38,6 +38,7 @@ COLORS = {
 
 
 def _text_width_px(text: str, size: float = FONT) -> float:
+    # matplotlib: heavy, and optional (proj[tools]); only when a chart is measured or drawn
     from matplotlib.textpath import TextPath
 
     return TextPath((0, 0), text, size=size).get_extents().width * DPI / 72.0
@@ -198,10 +199,11 @@ def render_png(result: dict, path, verdicts: bool = True):
 
     ``verdicts=False`` leaves the verdict lines out, for a page that states them as text already.
     """
+    # matplotlib: heavy, and optional (proj[tools]); only when a chart is drawn, its Agg backend chosen first
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend on import
     from matplotlib.patches import Patch
 
     runs = result["runs"]

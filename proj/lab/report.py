@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from proj.lab import record as rec
+from proj.lab.chart import render_png
 
 OK, FAIL, SKIP = " [ok]", " [FAIL]", " [skip]"
 
@@ -177,8 +178,6 @@ def write_files(result: dict, out_dir: Path) -> dict[str, Path]:
     ``NAME.png`` stands alone, so it carries the verdicts; ``NAME-chart.png`` is the same chart without
     them, for the pages (``NAME.html`` embeds it, ``index.html`` shows it), which state them as text.
     """
-    from proj.lab.chart import render_png
-
     out_dir.mkdir(parents=True, exist_ok=True)
     name = result["scenario"]
     paths = {"json": out_dir / f"{name}.json"}

@@ -18,15 +18,18 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from amqp.exceptions import NotFound
 from kombu import Connection
 
 from proj import config
+from proj.celery import app
 from proj.harness.events import EventRecorder
 from proj.harness.workers import WorkerProcess
 from proj.lab import record as rec
 from proj.management import configured_management_url, hide_password
 from proj.new_task import describe_broker_error
 from proj.rabbit.node import BrokerError, Node, private_node
+from proj.tasks import work
 
 #: Worker start-up and event subscription, on a loaded two-core machine.
 START_TIMEOUT = 60.0
@@ -115,8 +118,6 @@ class Lab:
 
     def queue_state(self) -> tuple[int, int]:
         """(consumers, ready messages) of ``task_queue``, exact, from a passive declare; (0, 0) if absent."""
-        from amqp.exceptions import NotFound
-
         with Connection(self.url, connect_timeout=CONNECT_TIMEOUT) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0.2, timeout=CONNECT_TIMEOUT)
             try:
@@ -210,9 +211,6 @@ class Lab:
 
     def publish(self, messages: list[str]) -> list[dict]:
         """Send each message as ``proj.tasks.work`` (persistent, confirmed); returns uuid and time of each."""
-        from proj.celery import app
-        from proj.tasks import work
-
         out = []
         try:
             # The app's connection settings for this URL, publisher confirms included.
