@@ -24,6 +24,8 @@ COPY proj ./proj
 # A CA bundle given as the build secret `ca-bundle` (docker build --secret id=ca-bundle,src=FILE) is
 # what pip trusts, for networks that intercept TLS. A secret is mounted for this RUN only: it is in
 # no layer of the image. Without it pip uses its own bundle.
+# `pip install .`: the app only (celery, kombu, flower); not the tooling extra (proj[tools]: pika, matplotlib,
+# honcho, pyyaml). `proj health`, the healthcheck, needs nothing more.
 RUN --mount=type=secret,id=ca-bundle \
     if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
     && pip install .

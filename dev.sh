@@ -52,8 +52,8 @@ ensure_venv() {
       "$PYTHON" -m venv "$VENV"
     fi
   fi
-  say "installing proj and its test tools into $VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+  say "installing proj, its tooling and its test tools into $VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,tools]'
 }
 
 # What only the tests need: a real browser for Flower's pages (Playwright drives Debian's

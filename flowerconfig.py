@@ -23,7 +23,7 @@ import sys
 
 from tornado.options import options
 
-from proj.rabbit.management import configured_management_url, management_urls
+from proj.management import configured_management_url, management_urls
 
 #: Exit status when Flower refuses to start (bad or missing credentials).
 _EXIT_REFUSED = 2

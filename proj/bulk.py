@@ -123,7 +123,7 @@ def send_many(messages: Iterable[str], broker_url: str | None = None) -> list[st
         try:
             conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5, timeout=config.PUBLISH_TIMEOUT)
         except Exception as exc:
-            from proj.rabbit.management import hide_password
+            from proj.management import hide_password
 
             raise PublishError(f"could not publish to {hide_password(conn.as_uri())}: {exc}") from exc
         failures = _publish_all(app, conn, messages, ids)

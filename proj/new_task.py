@@ -136,7 +136,7 @@ def send_file(args: list[str]) -> int:
     from proj.bulk import BulkPublishError
     from proj.celery import app
     from proj.console import say
-    from proj.rabbit.management import hide_password
+    from proj.management import hide_password
     from proj.tasks import PublishError, send_many
 
     def fail(line: str) -> int:
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from proj.celery import app
     from proj.console import say
-    from proj.rabbit.management import hide_password
+    from proj.management import hide_password
 
     url = app.conf.broker_url
     problem = broker_url_problem(url)

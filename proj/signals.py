@@ -30,8 +30,8 @@ def check_broker_login(sender=None, **kwargs) -> None:
     """
     from amqp.exceptions import AccessRefused, NotAllowed
 
+    from proj.management import hide_password
     from proj.new_task import describe_broker_error
-    from proj.rabbit.management import hide_password
 
     app = sender.app if sender is not None else None
     if app is None or app.conf.broker_url.split("://")[0] not in ("amqp", "pyamqp"):
@@ -92,8 +92,8 @@ _policy_to_check = None
 def ensure_dead_letter_policy(app) -> None:
     """Give task_queue its dead-letter exchange (RabbitMQ policies), or say loudly that it has none."""
     global _policy_to_check
+    from proj.management import Management, ManagementError
     from proj.queues import ensure_policy
-    from proj.rabbit.management import Management, ManagementError
 
     management = Management.for_broker(app.conf.broker_url)
     try:
@@ -116,8 +116,8 @@ def check_policy_in_effect(management, timeout: float = POLICY_CHECK_TIMEOUT, in
     without a dead-letter exchange: what the broker itself dead-letters (an expired message, a reject
     without requeue) would vanish instead of reaching task_queue.dead.
     """
+    from proj.management import ManagementError
     from proj.queues import POLICY_NAMES, policy_problem
-    from proj.rabbit.management import ManagementError
 
     deadline = time.monotonic() + timeout
     while True:

@@ -18,7 +18,7 @@ from proj import config
 from proj.celery import app
 from proj.harness.events import EventRecorder
 from proj.harness.workers import WorkerProcess
-from proj.rabbit.management import Management
+from proj.management import Management
 from proj.rabbit.node import Node
 
 

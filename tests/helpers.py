@@ -21,7 +21,7 @@ from kombu import Connection
 
 from proj import config
 from proj.harness.workers import LoggedProcess
-from proj.rabbit.management import Management
+from proj.management import Management
 from proj.rabbit.node import Node, free_port, private_node
 
 #: Seconds per '.' in tests: the tutorial's second, shrunk so the suite runs in minutes.

@@ -17,7 +17,7 @@ from kombu import Connection
 
 from proj import config
 from proj.harness.workers import REPO_ROOT
-from proj.rabbit.management import hide_password
+from proj.management import hide_password
 from proj.tasks import work
 
 NEW_TASK = Path(sys.executable).with_name("new-task")

@@ -45,7 +45,7 @@ from proj import config
 from proj.console import READY_LINE
 from proj.harness.compose import why_containers_cannot_run
 from proj.harness.events import EventRecorder, TaskRecord
-from proj.rabbit.management import Management
+from proj.management import Management
 from proj.tasks import TASK_NAME
 
 BROKER_IMAGE = "proj-local/rabbitmq:local"

@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from proj import ledger
+from proj.chaos import ledger
 from proj.chaos.checker import Fault, check
 from proj.chaos.schedule import KINDS, RESTART_BROKER, fault_schedule, task_messages
 from proj.harness.workers import REPO_ROOT

@@ -4,7 +4,7 @@ that fail over, and no confirmed task lost when a node dies.
 One cluster for the module, started and stopped through ``proj broker ... --cluster 3`` (about 15 s
 to start, 6 s to stop). Every worker runs with ``PROJ_QUEUE_TYPE=quorum`` and the cluster's
 failover list, starting at a node of its own; every task execution is written to a ledger
-(``PROJ_LEDGER``), which is what the counts below read.
+(``PROJ_LEDGER``, by the hook the workers load: proj/chaos/ledger_hook.py), which is what the counts below read.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import pytest
 from helpers import TIMEOUT, FlowerProcess, wait_until
 from kombu import Connection, Queue
 
-from proj import config, ledger
+from proj import config
+from proj.chaos import ledger
+from proj.management import Management, ManagementError
 from proj.rabbit.cluster import COOKIE_FILE, Cluster, free_port_run
-from proj.rabbit.management import Management, ManagementError
 from proj.rabbit.node import port_is_free
 
 PROJ = Path(sys.executable).with_name("proj")
@@ -159,7 +160,12 @@ def cluster_worker(quorum_cluster, start_worker, tmp_path):
             "PROJ_MANAGEMENT_URL": quorum_cluster.node(first).management_url,
         }
         return start_worker(
-            name, quorum_cluster.failover_url(first), wait=wait, env=env, seconds_per_dot=SECONDS_PER_DOT
+            name,
+            quorum_cluster.failover_url(first),
+            wait=wait,
+            env=env,
+            seconds_per_dot=SECONDS_PER_DOT,
+            extra_args=ledger.WORKER_ARGS,  # the hook that writes the ledger (proj/chaos/ledger_hook.py)
         )
 
     start.ledger = str(ledger_path)
@@ -382,7 +388,7 @@ def node_queue_state(cluster: Cluster, n: int) -> tuple[int, int]:
     """(ready, unacked) of task_queue read through node ``n`` only (a frozen node answers nothing)."""
     with Connection(cluster.node(n).url, connect_timeout=5) as conn:
         ready = conn.default_channel.queue_declare(config.QUEUE_NAME, passive=True).message_count
-    from proj.rabbit.management import Management
+    from proj.management import Management
 
     counts = Management(cluster.node(n).management_url).counts(config.QUEUE_NAME)
     return ready, counts[1] if counts else 0

@@ -23,7 +23,7 @@ from kombu import Connection
 import proj.tasks  # noqa: F401  (registers proj.tasks.work on every app)
 from proj import config
 from proj.harness.compose import ComposeError, ComposeProject, why_containers_cannot_run
-from proj.rabbit.management import Management
+from proj.management import Management
 from proj.rabbit.node import free_port
 
 TESTS = Path(__file__).resolve().parent

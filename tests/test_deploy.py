@@ -25,7 +25,7 @@ import pytest
 import yaml
 from honcho.environ import parse_procfile
 
-from proj.rabbit.management import management_url_from_broker
+from proj.management import management_url_from_broker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"

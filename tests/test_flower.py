@@ -32,7 +32,7 @@ from helpers import (
 
 from proj import config
 from proj.harness.workers import WorkerProcess
-from proj.rabbit.management import Management
+from proj.management import Management
 from proj.rabbit.node import Node
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -14,7 +14,7 @@ from helpers import TIMEOUT, queue_depth, wait_until
 from kombu import Connection
 
 from proj import config
-from proj.rabbit.management import hide_password
+from proj.management import hide_password
 from proj.rabbit.node import free_port
 
 NEW_TASK = Path(sys.executable).with_name("new-task")

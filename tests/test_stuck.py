@@ -11,7 +11,8 @@ import pytest
 from helpers import TIMEOUT, publish, queue_depth, wait_until
 from stuck_build import build_worker
 
-from proj import config, ledger
+from proj import config
+from proj.chaos import ledger
 
 
 @pytest.fixture
@@ -21,6 +22,7 @@ def start_build(tmp_path):
 
     def start(name: str, url: str, fault: str, **options):
         options.setdefault("seconds_per_dot", 0.1)
+        options.setdefault("extra_args", ledger.WORKER_ARGS)  # the hook that writes the ledger (PROJ_LEDGER)
         worker = build_worker(name, url, tmp_path / "workers", fault, **options).start()
         started.append(worker)
         return worker
@@ -78,7 +80,7 @@ def test_guard_gives_back_a_message_the_pool_never_runs_and_another_worker_does_
     assert queue_depth(fresh_queue.url) == 0  # held by the worker: not ready on the broker (exact count)
 
     # When a second, healthy worker joins
-    start_worker("healthy", fresh_queue.url, env=env)
+    start_worker("healthy", fresh_queue.url, env=env, extra_args=ledger.WORKER_ARGS)
 
     # Then the guard says what happened in one line and gives the message back; it is done exactly
     # once, flagged redelivered, and nothing is left on the broker

@@ -18,7 +18,7 @@ from pathlib import Path
 from proj import queues
 from proj.bench.fleet import CONTROL_TIMEOUT, CeleryFleet, Loader, QueueProbe
 from proj.bench.run import SECONDS_PER_DOT, TIMEOUT, Plan, W, say
-from proj.rabbit.management import Management
+from proj.management import Management
 
 
 class BrokerFleet(CeleryFleet):

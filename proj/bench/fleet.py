@@ -253,15 +253,19 @@ class CeleryFleet:
 
 
 class PikaProcess(LoggedProcess):
-    """One reference worker: ``python -m proj.bench.pika_worker``, in its own process group."""
+    """One reference worker: ``python -P proj/bench/pika_worker.py``, in its own process group.
+
+    Run as a file, not ``-m proj.bench.pika_worker``: ``-m`` would import the package ``proj`` first, and with
+    it the Celery app, into the process whose speed and memory proj's workers are measured against.
+    """
 
     def __init__(self, name: str, url: str, log_dir: Path, *, seconds_per_dot: float, record: bool = True):
         self.name = name
         self.record_path = Path(log_dir) / f"{name}.records.json" if record else None
         argv = [
             sys.executable,
-            "-m",
-            "proj.bench.pika_worker",
+            "-P",  # proj/bench/ is not put on sys.path (its profile.py would shadow the standard library's)
+            pika_worker.__file__,
             "--url",
             url,
             "--queue",

@@ -3,6 +3,7 @@
 Usage::
 
     python -m proj.bench.pika_worker --url amqp://guest:guest@127.0.0.1:5672// [--queue task_queue]
+    python -P proj/bench/pika_worker.py --url ...  # as proj bench runs it: no proj package (no Celery) loaded
 
 The delivery path is the tutorial's, line for line: a durable ``task_queue``, ``basic_qos(prefetch_count=1)``,
 a callback that prints `` [x] Received``, sleeps one unit per '.', prints `` [x] Done`` and only then
@@ -27,7 +28,20 @@ import urllib.parse
 
 import pika
 
-from proj.console import READY_LINE, say
+# pika and the standard library only: the reference must not pay for loading Celery (proj.console's module
+# is loaded with proj, whose package imports the Celery app). tests/test_packaging.py checks both, and that
+# these two copies match proj.console's.
+
+#: proj.console.READY_LINE, copied: the tutorial's ``worker.py`` line, printed once it consumes.
+READY_LINE = " [*] Waiting for messages. To exit press CTRL+C"
+
+
+def say(line: str) -> None:
+    """proj.console.say, copied: one tutorial line on the process's real stdout, flushed at once."""
+    stream = sys.__stdout__ or sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
+
 
 PAUSE_SIGNAL = signal.SIGUSR2
 RESUME_SIGNAL = signal.SIGUSR1

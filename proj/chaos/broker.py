@@ -11,7 +11,7 @@ import contextlib
 
 from proj import config
 from proj.chaos.state import ChaosError, RunState
-from proj.rabbit.management import Management, ManagementError, hide_password
+from proj.management import Management, ManagementError, hide_password
 from proj.rabbit.node import BrokerError, Node, private_node
 
 DEAD_QUEUE = config.DEAD_QUEUE_NAME

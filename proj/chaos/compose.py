@@ -38,8 +38,8 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from proj import config, ledger
-from proj.chaos import checker
+from proj import config
+from proj.chaos import checker, ledger
 from proj.chaos import report as report_mod
 from proj.chaos.schedule import PlannedFault, task_messages
 from proj.chaos.state import ChaosError, RunState, Settings
@@ -326,6 +326,8 @@ class ComposeChaos:
             self._read_ledger()
 
     def _read_ledger(self) -> None:
+        if not hasattr(self, "shared_ledger"):  # the cluster never came up (no engine, no images): nothing to read
+            return
         with self._reading:
             self._read_new_rows()
 

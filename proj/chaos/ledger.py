@@ -1,8 +1,9 @@
 """A durable ledger of task executions, for counting every task under faults (`proj chaos`).
 
-When ``PROJ_LEDGER`` names a SQLite file, ``proj.tasks.work`` writes one row when it starts a
-message and one when it finishes it, committed before the task returns (and so before the ack).
-Many worker processes write to the same file; SQLite's WAL mode and a busy timeout serialise them.
+A worker started with ``--include proj.chaos.ledger_hook`` and ``PROJ_LEDGER`` naming a SQLite file
+writes one row when ``proj.tasks.work`` starts a message and one when it finishes it, committed before
+the task returns (and so before the ack); the task itself knows nothing of it. Many worker processes
+write to the same file; SQLite's WAL mode and a busy timeout serialise them.
 """
 
 from __future__ import annotations
@@ -61,3 +62,9 @@ def rows(path: str) -> list[sqlite3.Row]:
         return conn.execute("SELECT * FROM executions ORDER BY at").fetchall()
     finally:
         conn.close()
+
+
+#: The worker module that writes the rows (proj/chaos/ledger_hook.py), and the worker option that loads it:
+#: every worker whose tasks a ledger counts runs ``celery -A proj worker ... --include proj.chaos.ledger_hook``.
+HOOK = "proj.chaos.ledger_hook"
+WORKER_ARGS = ("--include", HOOK)

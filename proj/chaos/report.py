@@ -8,8 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from proj import ledger
-from proj.chaos import checker
+from proj.chaos import checker, ledger
 from proj.chaos.state import RunState
 
 

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from proj import ledger
+from proj.chaos import ledger
 from proj.chaos import report as report_mod
 from proj.chaos.broker import RunBroker
 from proj.chaos.faults import FaultInjector

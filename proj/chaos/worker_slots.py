@@ -13,7 +13,7 @@ import signal
 import time
 
 from proj import config
-from proj.chaos import checker
+from proj.chaos import checker, ledger
 from proj.chaos.broker import RunBroker
 from proj.chaos.schedule import COLD_SHUTDOWN, KILL_CHILD, KILL_WORKER, STOPS_WORKER, WARM_SHUTDOWN, PlannedFault
 from proj.chaos.state import ChaosError, RunState
@@ -72,6 +72,8 @@ class WorkerSlots:
             self.state.run_dir / "workers",
             management_url=management_url,
             seconds_per_dot=self.state.settings.seconds_per_dot,
+            # the ledger's rows, written by the hook the worker loads (proj/chaos/ledger_hook.py)
+            extra_args=ledger.WORKER_ARGS,
             env={"PROJ_LEDGER": str(self.state.ledger_path), **env},
         )
         if self.state.settings.worker_app != "proj":

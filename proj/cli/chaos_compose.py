@@ -13,6 +13,9 @@ import sys
 
 def chaos_compose(tasks, workers, faults, seed, seconds_per_dot, out, other_broker: bool, as_json: bool) -> None:
     """Run it, print proj chaos's summary and the containers' figures, and exit with proj chaos's statuses."""
+    from proj.cli import tools
+
+    tools.require("chaos", "yaml")  # proj/harness/compose.py reads and writes compose files
     from proj.chaos.compose import ComposeChaos, ComposeSettings
     from proj.chaos.compose import summary as compose_summary
     from proj.cli.chaos import _refuse, run_and_report, summary

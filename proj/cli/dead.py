@@ -164,8 +164,8 @@ def purge(broker_url: str | None = None) -> int:
 
 def _fail(exc: Exception) -> None:
     from proj.celery import app
+    from proj.management import hide_password
     from proj.new_task import describe_broker_error
-    from proj.rabbit.management import hide_password
 
     click.echo(f"proj dead: cannot reach {hide_password(app.conf.broker_url)}: {describe_broker_error(exc)}", err=True)
     sys.exit(exits.CANNOT_RUN)

@@ -109,8 +109,8 @@ def run(scenario: str, options, *, seconds_per_dot: float, broker_url: str | Non
     from proj.lab import report
     from proj.lab.scenarios import CANNOT_RESTART, SCENARIOS
     from proj.lab.session import Lab, LabError, no_interrupts
+    from proj.management import hide_password
     from proj.new_task import describe_broker_error
-    from proj.rabbit.management import hide_password
 
     if scenario == "durability" and broker_url:
         fail(CANNOT_RESTART)

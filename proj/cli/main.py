@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
+from proj.cli import tools
 from proj.cli.exits import CANNOT_RUN, FAILED, INTERRUPTED, OK
+from proj.management import hide_password
 from proj.rabbit import node as broker_mod
-from proj.rabbit.management import hide_password
 
 #: Commands that live in their own modules, imported only when used ("module:attribute").
 #: A module that is not there (yet) is left out of the command list.
@@ -21,6 +22,13 @@ LAZY_COMMANDS = {
     "dead": "proj.cli.dead:dead",
     "chaos": "proj.cli.chaos:chaos",
     "health": "proj.cli.health:health",
+}
+
+#: What a lazy command needs of the tooling extra (proj/cli/tools.py), checked when it runs (its --help needs none).
+#: ``proj chaos --compose`` checks its own (proj/cli/chaos_compose.py).
+NEEDS_TOOLS = {
+    "lab": ("matplotlib",),
+    "bench": ("pika",),
 }
 
 
@@ -51,7 +59,11 @@ class LazyGroup(Group):
             if exc.name and module_name.startswith(exc.name):
                 return None
             raise
-        return getattr(module, attr)
+        command = getattr(module, attr)
+        if name in NEEDS_TOOLS and not getattr(command, "_needs_tools", False):
+            command.callback = _requiring_tools(name, NEEDS_TOOLS[name], command.callback)
+            command._needs_tools = True
+        return command
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         lazy = [name for name in LAZY_COMMANDS if self._lazy(name) is not None]
@@ -61,6 +73,17 @@ class LazyGroup(Group):
         if name in self.commands or name not in LAZY_COMMANDS:
             return super().get_command(ctx, name)
         return self._lazy(name)
+
+
+def _requiring_tools(name: str, modules: tuple[str, ...], callback):
+    import functools
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        tools.require(name, *modules)
+        return callback(*args, **kwargs)
+
+    return run
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -347,6 +370,14 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        if not tools.is_missing_tool(exc):
+            raise
+        # a library of the tooling extra that the command's own check did not name: the same one line
+        args = sys.argv[1:] if argv is None else argv
+        command = next((a for a in args if not a.startswith("-")), "")
+        click.echo(tools.message(command), err=True)
+        return CANNOT_RUN
     except SystemExit as exc:
         if exc.code is None:
             return OK

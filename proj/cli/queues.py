@@ -35,7 +35,7 @@ from datetime import datetime
 import click
 
 from proj.cli import exits
-from proj.rabbit.management import (
+from proj.management import (
     Management,
     ManagementError,
     configured_management_url,

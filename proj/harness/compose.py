@@ -31,7 +31,22 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-COMPOSE_FILES = (REPO_ROOT / "docker-compose.yml", REPO_ROOT / "docker-compose.local.yml")
+COMPOSE_NAMES = ("docker-compose.yml", "docker-compose.local.yml")
+#: Copies of the repository's compose files, packaged with proj for an installed proj that has no repository
+#: (``proj chaos --compose`` from a wheel); tests/test_packaging.py checks they match the repository's.
+PACKAGED_COMPOSE_DIR = Path(__file__).resolve().parent / "compose_files"
+
+
+def find_compose_files() -> tuple[Path, ...]:
+    """The repository's compose files in a source checkout, else the copies packaged with proj."""
+    for folder in (REPO_ROOT, PACKAGED_COMPOSE_DIR):
+        files = tuple(folder / name for name in COMPOSE_NAMES)
+        if all(file.is_file() for file in files):
+            return files
+    return tuple(PACKAGED_COMPOSE_DIR / name for name in COMPOSE_NAMES)  # missing: compose names them
+
+
+COMPOSE_FILES = find_compose_files()
 #: The local images the compose files need (./dev.sh images builds them).
 IMAGES = ("proj-local/rabbitmq:local", "proj-local/app:local")
 #: Seconds any one docker or compose command may take.
@@ -135,7 +150,9 @@ class ComposeProject:
         profiles = [arg for profile in self.profiles for arg in ("--profile", profile)]
         argv = [*self.cli, "-p", self.project, "--env-file", str(self.env_file), *self.files(), *profiles, *args]
         try:
-            result = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+            result = subprocess.run(
+                argv, cwd=COMPOSE_FILES[0].parent, env=env, capture_output=True, text=True, timeout=timeout
+            )
         except subprocess.TimeoutExpired as exc:
             raise ComposeError(f"compose {' '.join(args)}: no answer within {timeout:g} s") from exc
         if check and result.returncode != 0:
@@ -280,7 +297,8 @@ class ComposeCluster(ComposeProject):
     The workers are the compose file's ``cluster-worker`` as compose resolves it, one service each
     (``cluster-worker-1``...) in this project's override, whose only differences are the failover list's
     order (worker N starts at node N, round the nodes) and, with ``ledger_dir``, the ledger
-    (``PROJ_LEDGER`` on a bind mount) every worker writes its task starts and finishes to.
+    (``PROJ_LEDGER`` on a bind mount, ``--include proj.chaos.ledger_hook`` on the worker's command line)
+    every worker writes its task starts and finishes to.
     """
 
     def __init__(
@@ -325,7 +343,7 @@ class ComposeCluster(ComposeProject):
         return ";".join(f"http://{self.user}:{self.password}@127.0.0.1:{self.management_ports[n]}/api/" for n in nodes)
 
     def management(self, node: str | None = None):
-        from proj.rabbit.management import Management
+        from proj.management import Management
 
         return Management(self.management_url(node), timeout=3)
 
@@ -344,6 +362,10 @@ class ComposeCluster(ComposeProject):
             env = service.setdefault("environment", {})
             env["CELERY_BROKER_URL"] = self._container_failover_url(env["CELERY_BROKER_URL"], i)
             if self.ledger_dir is not None:
+                from proj.chaos import ledger
+
+                # the worker loads the ledger's hook (proj/chaos/ledger_hook.py, in the app image's package)
+                service["command"] = [*service["command"], *ledger.WORKER_ARGS]
                 env["PROJ_LEDGER"] = "/ledger/ledger.sqlite"
                 service["volumes"] = [*service.get("volumes", []), f"{self.ledger_dir}:/ledger"]
             services[name] = service
@@ -452,7 +474,7 @@ def json_copy(value):
 
 def prepare_ledger_dir(path: Path) -> Path:
     """A folder the workers' user (uid 10001 in the app image) can write the ledger to, and the ledger in it."""
-    from proj import ledger
+    from proj.chaos import ledger
 
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o777)

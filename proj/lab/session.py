@@ -24,8 +24,8 @@ from proj import config
 from proj.harness.events import EventRecorder
 from proj.harness.workers import WorkerProcess
 from proj.lab import record as rec
+from proj.management import configured_management_url, hide_password
 from proj.new_task import describe_broker_error
-from proj.rabbit.management import configured_management_url, hide_password
 from proj.rabbit.node import BrokerError, Node, private_node
 
 #: Worker start-up and event subscription, on a loaded two-core machine.

@@ -175,7 +175,7 @@ class Cluster:
 
     def management(self):
         """A management API client on a node that answers (node 1 first), or ClusterError."""
-        from proj.rabbit.management import Management, ManagementError
+        from proj.management import Management, ManagementError
 
         errors = []
         for node in self.nodes:
@@ -330,7 +330,7 @@ class Cluster:
 
     def cluster_view(self) -> list[dict]:
         """``[{name, running}, ...]`` for every cluster member, as a running node's management API says."""
-        from proj.rabbit.management import ManagementError
+        from proj.management import ManagementError
 
         try:
             nodes = self.management().request("GET", "nodes") or []
@@ -442,7 +442,7 @@ class Cluster:
 
     def quorum_queues(self) -> list[dict]:
         """Each quorum queue's leader and members (which nodes hold a replica, which of those are up)."""
-        from proj.rabbit.management import ManagementError
+        from proj.management import ManagementError
 
         try:
             queues = self.management().queues()

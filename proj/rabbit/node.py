@@ -534,7 +534,7 @@ class Node:
         try:
             self.start()
             from proj.console import say
-            from proj.rabbit.management import hide_password
+            from proj.management import hide_password
 
             say(f" [*] RabbitMQ {self.node_name} ready: CELERY_BROKER_URL={hide_password(self.url)}")
             say(f" [*] management API: {hide_password(self.management_url)}")
