@@ -536,7 +536,7 @@ class Node:
             from proj.console import say
             from proj.management import hide_password
 
-            say(f" [*] RabbitMQ {self.node_name} ready: CELERY_BROKER_URL={hide_password(self.url)}")
+            say(f" [*] RabbitMQ {self.version} {self.node_name} ready: CELERY_BROKER_URL={hide_password(self.url)}")
             say(f" [*] management API: {hide_password(self.management_url)}")
             while not stopping and self.is_running():
                 time.sleep(0.2)
