@@ -287,7 +287,9 @@ class Cluster:
         if not self._epmd_alive():
             if not self.epmd_port or not port_is_free(self.epmd_port):
                 self.epmd_port = free_port(tuple(range(self.port, self.port + self.size)))
-            epmd = spawn_epmd(self.epmd_port, find_runtime().env(os.environ.copy()), self.data_dir, self.data_dir / "epmd.log")
+            epmd = spawn_epmd(
+                self.epmd_port, find_runtime().env(os.environ.copy()), self.data_dir, self.data_dir / "epmd.log"
+            )
             state["epmd_pid"] = epmd.pid
         self.nodes = [self._node(i) for i in range(self.size)]
         self._write_state(epmd_pid=state.get("epmd_pid"))
