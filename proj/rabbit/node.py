@@ -324,7 +324,8 @@ class Node:
                     f"management.tcp.port = {self.management_port}",
                     f"collect_statistics_interval = {self.stats_interval_ms}",
                     # Above proj's default task time limit (PROJ_TASK_TIME_LIMIT, 25 min), so a long task
-                    # is never redelivered while it still runs (RabbitMQ's default is 30 min).
+                    # is never redelivered while it still runs (RabbitMQ's default is 30 min). 4.3 also
+                    # shows it on each consumer (the management API's consumers, ``consumer_timeout``).
                     f"consumer_timeout = {CONSUMER_TIMEOUT_MS}",
                     f"default_user = {self.user}",
                     f"default_pass = {self.password}",
