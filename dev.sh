@@ -6,6 +6,9 @@
 #                    compatibility set (COMPAT_TESTS below) on Debian 12's RabbitMQ 3.10
 #   ./dev.sh setup   only the set-up
 #   ./dev.sh images  a Docker engine and the local images docker-compose.local.yml runs (docker/build-images.sh)
+#   ./dev.sh upgrade-check
+#                    the newest celery, kombu, amqp, billiard and vine PyPI has, in a throwaway virtualenv:
+#                    which reaches into their internals (proj/compat.py) still hold, and the foundation tests
 #
 # Works on a fresh Debian or Ubuntu machine with Python 3.11: installs what is missing with
 # apt-get (as root, or through sudo) and pip (into ./.venv). Nothing is started as a service.
@@ -187,7 +190,57 @@ images() {
   ensure_docker_tools && ensure_dockerd && docker/build-images.sh
 }
 
+# -- what the newest releases of the libraries proj reaches into would do ------------------------------
+
+#: The libraries whose private names proj/compat.py checks, pinned in pyproject.toml to the tested minors.
+UPGRADED="celery kombu amqp billiard vine"
+#: The tests that say whether the tutorial's behaviours still hold: the broker-free tier, then these.
+FOUNDATION_TESTS="tests/test_compat.py tests/test_worker.py tests/test_acknowledgment.py tests/test_dispatch.py tests/test_publish.py tests/test_fastpath.py"
+
+upgrade_check() {
+  local dir venv status=0
+  dir=$(mktemp -d -t proj-upgrade-check.XXXXXX)
+  venv="$dir/venv"
+  trap 'rm -rf "$dir"' RETURN
+  say "a throwaway virtualenv in $venv with the newest $UPGRADED"
+  "$PYTHON" -m venv "$venv"
+  # Everything proj needs, its pins on these libraries lifted; then proj itself without its pins.
+  "$venv/bin/python" - "$UPGRADED" >"$dir/requirements.txt" <<'PY'
+import re, sys, tomllib
+lifted = set(sys.argv[1].split())
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+reqs = project["dependencies"] + project["optional-dependencies"]["test"] + project["optional-dependencies"]["tools"]
+for req in reqs:
+    name = re.match(r"[A-Za-z0-9_.-]+", req).group(0)
+    print(name if name.lower() in lifted else req)
+PY
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade -r "$dir/requirements.txt"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .
+  local lib tested
+  for lib in $UPGRADED; do
+    tested=$("$VENV/bin/python" -c "from importlib.metadata import version; print(version('$lib'))" 2>/dev/null || echo "?")
+    say "$lib: tested $tested, newest $("$venv/bin/python" -c "from importlib.metadata import version; print(version('$lib'))")"
+  done
+  say "the reaches into their internals (proj/compat.py):"
+  "$venv/bin/python" -c 'import sys, proj.compat as c; sys.exit(c.main())' || status=1
+  say "the foundation tests on the newest releases"
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not broker" || status=1
+  # shellcheck disable=SC2086
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider $FOUNDATION_TESTS || status=1
+  if [ "$status" = 0 ]; then
+    say "upgrade check: every feature on, the foundation tests pass: the pins may move to these releases"
+  else
+    say "upgrade check: see above for the features turned off (OFF) and the tests that failed"
+  fi
+  return "$status"
+}
+
 case "${1:-}" in
+  upgrade-check)
+    ensure_rabbitmq
+    ensure_venv
+    upgrade_check
+    ;;
   setup)
     setup
     ;;
@@ -221,7 +274,7 @@ case "${1:-}" in
     exit "$status"
     ;;
   *)
-    echo "usage: ./dev.sh demo | test [pytest args] | setup | images" >&2
+    echo "usage: ./dev.sh demo | test [pytest args] | setup | images | upgrade-check" >&2
     exit 2
     ;;
 esac

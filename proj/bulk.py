@@ -17,7 +17,9 @@ Results are not stored (``ignore_result``): the ids are what the caller keeps.
 The messages are Celery's own (protocol 2, the headers and properties ``.delay()`` sends), encoded
 once as a template and filled in per task by proj/frames.py, and written a hundred to a system call:
 Celery's per-message path cost several times the broker's own work. Celery's ``before_task_publish``
-and ``after_task_publish`` signals are not sent for them (proj connects neither).
+and ``after_task_publish`` signals are not sent for them (proj connects neither). Where the frames
+cannot be written (``proj.compat.RAW_FRAMES`` off: one warning says why), each message is Celery's own,
+published through kombu's producer on the same channel, its confirms collected the same way.
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ def _publish_all(app, conn, messages: list[str], ids: list[str]) -> list[Failure
     channel.confirm_select()
     confirms = _Confirms(channel)
     amqp_conn = conn.connection
-    template = frames.Template(app, TASK_NAME, channel.channel_id, amqp_conn.frame_max)
+    template = _template(app, channel, amqp_conn)
     reprs = [template.argsrepr(message) for message in messages]
     pending: list[bytes] = []  # frames not written yet: one write (one system call) per WRITE_BATCH messages
 
@@ -168,7 +170,10 @@ def _publish_all(app, conn, messages: list[str], ids: list[str]) -> list[Failure
                     deadline, lost = _read_confirms(conn, confirms, published, deadline)
             if lost is not None:
                 break
-            pending.append(template.frames(task_id, message, argsrepr))
+            if isinstance(template, _CeleryMessages):
+                template.publish(task_id, message)
+            else:
+                pending.append(template.frames(task_id, message, argsrepr))
             published += 1
             if len(pending) >= WRITE_BATCH:
                 write()
@@ -195,6 +200,47 @@ def _publish_all(app, conn, messages: list[str], ids: list[str]) -> list[Failure
     if events:
         sentevents.dispatcher(app).publish_many("task-sent", events, conn, EVENTS_PER_MESSAGE)
     return failures
+
+
+def _template(app, channel, amqp_conn):
+    """The messages' frames (proj/frames.py), or Celery's messages through kombu when frames are off."""
+    from proj import compat
+
+    if frames.usable(amqp_conn):
+        try:
+            return frames.Template(app, TASK_NAME, channel.channel_id, amqp_conn.frame_max)
+        except Exception as exc:  # noqa: BLE001 - the template's check failed: a library that changed
+            compat.turned_off(compat.RAW_FRAMES, f"the task message template failed: {exc!r}")
+    return _CeleryMessages(app, channel)
+
+
+class _CeleryMessages:
+    """Celery's task messages published one by one through kombu's producer (no confirm wait here)."""
+
+    def __init__(self, app, channel):
+        from celery.utils.saferepr import saferepr
+        from kombu import Producer
+
+        self.app = app
+        self.producer = Producer(channel, auto_declare=False)
+        self._saferepr = saferepr
+        self.sent: dict[str, dict] = {}
+
+    def argsrepr(self, message: str) -> str:
+        return self._saferepr([message], self.app.amqp.argsrepr_maxsize, maxlevels=self.app.conf.task_repr_maxlevels)
+
+    def publish(self, task_id: str, message: str) -> None:
+        headers, properties, body, sent_event = self.app.amqp.create_task_message(
+            task_id, TASK_NAME, [message], {}, create_sent_event=True, ignore_result=True
+        )
+        queue = config.QUEUE_NAME
+        self.sent[task_id] = dict(sent_event, queue=queue, exchange="", routing_key=queue)
+        self.producer.publish(
+            body, exchange="", routing_key=queue, serializer="json", headers=headers, delivery_mode=2, **properties
+        )
+
+    def sent_event(self, task_id: str, argsrepr: str) -> dict:
+        return self.sent[task_id]
 
 
 _NACKED = (

@@ -1,17 +1,31 @@
 """Every reach into a private name of Celery, kombu, py-amqp or billiard, checked before it is used.
 
 Each reach is an :class:`Internal`: the library and the versions it was written for, the private name,
-the feature it buys and what a user loses when it is off. A feature asks :func:`usable` once with the
-object it would touch; when the name is missing or has changed shape, the feature is off, one warning
-line says so (library, version, feature, what is lost), and the app goes on through Celery's public path.
+the feature it buys and what a user loses when it is off. A feature asks :func:`usable` once per process
+(at worker start, or at a producer's first publish) with the objects it would touch; when a name is
+missing or has changed shape, the feature is off, one warning line says so (library, version, feature,
+what is lost), and the app goes on through Celery's public path. A feature that fails at run time in a
+way its check did not foresee is turned off the same way (:func:`turned_off`).
+
+Every private name is looked up through its :class:`Internal` (``attr``: the names, space-separated,
+each ``Owner.name`` or a bootstep's ``module:Class``), never as a literal elsewhere, so that a test can
+rename it (:func:`renamed`) as a future release would. :func:`attrs` maps each original name to the one
+in use.
 
 :data:`INTERNALS` lists them all; :func:`main` checks each against the installed libraries and prints
-one line per internal (exit status 1 if any is off).
+one line per internal (exit status 1 if any is off)::
+
+    python -c 'import sys, proj.compat as c; sys.exit(c.main())'
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
+import inspect
+import logging
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -34,7 +48,12 @@ class Internal:
 
     @property
     def name(self) -> str:
-        return f"{self.owner}.{self.attr}"
+        return f"{self.owner}: {self.attr}"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Each private name (``Owner.name``, or a bootstep's ``module:Class``)."""
+        return tuple(self.attr.split())
 
 
 #: kombu's timer keeps a cancelled entry in its heap until the entry's time comes. billiard's prefork pool
@@ -51,9 +70,208 @@ TIMER_HEAP = Internal(
     loses="the worker's main process grows ~0.5 KiB per task for task_time_limit seconds",
 )
 
-INTERNALS: tuple[Internal, ...] = (TIMER_HEAP,)
+#: py-amqp restarts ``confirm_timeout`` at every frame read, so a node that blocks publishers (a memory or
+#: disk alarm) while it sends heartbeats held ``.delay()`` as long as the alarm lasted (measured: still
+#: waiting after 40 s with PROJ_PUBLISH_TIMEOUT=4, tests/test_publish.py). proj's wait has one deadline.
+#: Buys a bound, not speed (the same wait otherwise: 0 % either way on ``.delay()``).
+CONFIRMS = Internal(
+    key="bounded-confirms",
+    library="amqp",
+    written_for="5.4",
+    owner="amqp.Channel",
+    attr="Channel.basic_publish_confirm Channel._basic_publish Channel._confirm_selected Channel._pending",
+    feature="publisher confirms waited for within PROJ_PUBLISH_TIMEOUT (proj/confirms.py)",
+    loses="a .delay() to a node that blocks publishers (memory or disk alarm) waits as long as the alarm lasts",
+)
+
+#: Ready-made AMQP frames written to amqp's socket with its heartbeat bookkeeping (proj/frames.py), each
+#: template checked once against amqp's own property encoding of Celery's message. Used by ``send_many``
+#: (11,155 against 1,089 messages/s one at a time, docs/performance.md), by the ``.delay()`` fast path and
+#: by the task-sent events written as frames.
+RAW_FRAMES = Internal(
+    key="raw-frames",
+    library="amqp",
+    written_for="5.4 (celery 5.7's task message)",
+    owner="amqp.Connection, amqp.Message",
+    attr="Connection.transport Connection.bytes_sent Message._serialize_properties",
+    feature="task messages written as ready-made frames (send_many, the .delay() fast path, task-sent events)",
+    loses="send_many publishes each message through kombu's producer (several times slower), "
+    ".delay() takes Celery's path",
+)
+
+#: ``.delay()``'s fast path (proj/fastpath.py): Celery's very frames written on the pooled producer's
+#: channel. Measured here (loop of 2,000 ``work.delay()``, one private node, 2 cores): see MEASURED.
+FAST_PATH = Internal(
+    key="fast-path",
+    library="celery",
+    written_for="5.7 (kombu 5.7, amqp 5.4)",
+    owner="celery.app.task.Task, celery.app.utils.Settings, kombu.Connection",
+    attr="Task._get_exec_options Settings.maps Settings.changes Connection.declared_entities",
+    feature=".delay()'s fast path (proj/fastpath.py)",
+    loses="every .delay() goes through Celery's send_task (about 1.3 ms of Python more per call)",
+)
+
+#: Celery's rpc backend waits for a declare-ok of the sender's reply queue before every task with a
+#: result; proj sends the declaration nowait with the task (proj/results.py), unless the process is one
+#: where Celery skips it (task_join_will_block: a pool process, whose queue is declared already).
+REPLY_DECLARE = Internal(
+    key="nowait-reply-queue",
+    library="celery",
+    written_for="5.7",
+    owner="celery._state",
+    attr="_state.task_join_will_block",
+    feature="the rpc reply queue declared without a round trip of its own (proj/results.py)",
+    loses="each .delay() with a result waits for a second round trip (378 against 589 calls/s when measured)",
+)
+
+#: The producer's task-sent event on a channel without confirms (proj/sentevents.py), and the bulk
+#: publisher's events many to a message.
+SENT_EVENTS = Internal(
+    key="unconfirmed-sent-events",
+    library="celery",
+    written_for="5.7 (amqp 5.4)",
+    owner="celery.events.dispatcher.EventDispatcher, amqp.Channel",
+    attr="EventDispatcher._prepare_event EventDispatcher._publish Channel._basic_publish",
+    feature="task-sent events published without a publisher confirm of their own (proj/sentevents.py)",
+    loses="each .delay() waits for a second confirm (its task-sent event's) through Celery's dispatcher, "
+    "and leaves its fast path",
+)
+
+#: The consumer step Celery sets native delayed delivery up with, at every (re)connection, through every
+#: URL of a failover list, retrying a dead node for about 15 s before the worker consumes again.
+DELAYED_DELIVERY = Internal(
+    key="delayed-delivery-step",
+    library="celery",
+    written_for="5.7",
+    owner="celery.worker.consumer.Consumer.Blueprint.default_steps, DelayedDelivery",
+    attr="celery.worker.consumer.delayed_delivery:DelayedDelivery DelayedDelivery._validate_configuration "
+    "DelayedDelivery._setup_delayed_delivery",
+    feature="native delayed delivery set up through the node the worker reached only (proj/consumer.py)",
+    loses="a worker reconnecting in a cluster with a node down may wait ~15 s for it before it consumes",
+)
+
+#: Remote-control replies on the event connection (proj/consumer.py's Control): the event loop never waits
+#: on its own connection for a reply's confirm and declare (seen blocked over 16 s under Flower's burst,
+#: missing heartbeats: tests/test_flower.py).
+CONTROL_REPLIES = Internal(
+    key="control-replies",
+    library="celery",
+    written_for="5.7 (kombu 5.7)",
+    owner="celery.worker.consumer.Consumer.Blueprint.default_steps, Control, kombu.pidbox.Node",
+    attr="celery.worker.consumer.control:Control Control.box Node.reply",
+    feature="remote-control replies sent on the event connection (proj/consumer.py)",
+    loses="a burst of remote-control commands (Flower) can block the worker's event loop for seconds: "
+    "missed heartbeats, a redelivered task, a worker shown offline",
+)
+
+#: kombu 5.7's Hub records its loop's thread: proj acks at once on it and flushes task events on a timer.
+#: A solo worker drained 1-2 tasks/s without it (each ack waited for the loop's next timer), 1,583/s with
+#: it (docs/performance.md); prefork's main process spent 29 % of its samples flushing events one by one.
+LOOP_THREAD = Internal(
+    key="loop-thread",
+    library="kombu",
+    written_for="5.7",
+    owner="kombu.asynchronous.Hub",
+    attr="Hub._loop_thread",
+    feature="acks sent at once and task events batched on the event loop's thread (proj/consumer.py)",
+    loses="a solo worker runs 1-2 tasks/s; prefork sends one event message per task event",
+)
+
+#: The stuck-message fix and guard (proj/guard.py): a first-pool process that stalls at start gets
+#: Celery's start deadline, and a message held without running while a process is idle is given back.
+#: Buys correctness: without it such a message waits for RabbitMQ's consumer_timeout (an hour).
+STUCK_GUARD = Internal(
+    key="stuck-guard",
+    library="celery",
+    written_for="5.7 (billiard 4.3, kombu 5.7)",
+    owner="celery TaskPool, celery AsynPool, billiard ApplyResult, kombu LaxBoundedSemaphore",
+    attr="TaskPool._pool AsynPool._pool AsynPool._fileno_to_inq AsynPool._proc_alive_timeout "
+    "AsynPool.outbound_buffer AsynPool._cache ApplyResult._write_to ApplyResult._job LaxBoundedSemaphore._waiting",
+    feature="the stuck-message guard and the first pool's start deadline (proj/guard.py)",
+    loses="a message a worker reserves but never runs waits for RabbitMQ's consumer_timeout (an hour)",
+)
+
+#: Mingle's hello and other mailbox publishes on the consumer's connection, not the producer pool's
+#: (proj/failover.py): freeze failover took 34-60 s, sometimes minutes, through the pool's frozen node.
+FAILOVER_MAILBOX = Internal(
+    key="failover-mailbox",
+    library="kombu",
+    written_for="5.7",
+    owner="kombu.pidbox.Mailbox",
+    attr="Mailbox.producer_pool",
+    feature="the worker's mailbox publishing on the node it just reached (proj/failover.py)",
+    loses="after a node freezes the worker's hello may wait on the frozen node: failover 34-60 s or more",
+)
+
+INTERNALS: tuple[Internal, ...] = (
+    TIMER_HEAP,
+    CONFIRMS,
+    RAW_FRAMES,
+    FAST_PATH,
+    REPLY_DECLARE,
+    SENT_EVENTS,
+    DELAYED_DELIVERY,
+    CONTROL_REPLIES,
+    LOOP_THREAD,
+    STUCK_GUARD,
+    FAILOVER_MAILBOX,
+)
+
+#: The names as written (attrs() maps each to the one in use, renamed or not).
+_ORIGINAL = {internal.key: internal for internal in INTERNALS}
 
 _warned: set[str] = set()
+#: key -> why the feature is off, in this process.
+_off: dict[str, str] = {}
+#: (key, stage) checked already.
+_checked: set[tuple[str, str]] = set()
+
+#: Appended to each name by :func:`renamed`.
+RENAMED = "_renamed_by_a_future_release"
+
+
+def renamed(internal: Internal, suffix: str = RENAMED) -> Internal:
+    """``internal`` as a library that renamed each of its names would have it (for tests)."""
+    return dataclasses.replace(internal, attr=" ".join(name + suffix for name in internal.names))
+
+
+def attr_of(name: str) -> str:
+    """The attribute of ``Owner.name`` (a bootstep's ``module:Class`` is its own)."""
+    return name if ":" in name else name.rsplit(".", 1)[-1]
+
+
+def attrs(internal: Internal) -> dict[str, str]:
+    """Each name as written here (``Owner.name``) -> the attribute to look up (renamed in a test)."""
+    original = _ORIGINAL.get(internal.key, internal)
+    return {name: attr_of(now) for name, now in zip(original.names, internal.names, strict=True)}
+
+
+def is_off(internal: Internal) -> bool:
+    return internal.key in _off
+
+
+def off() -> dict[str, str]:
+    """Every feature off in this process: key -> why."""
+    return dict(_off)
+
+
+def missing(internal: Internal, **owners) -> str | None:
+    """Why ``internal`` cannot be used on ``owners`` (class or object per owner name), or None.
+
+    A name ``Owner.attr`` is looked up (statically: no property runs) on ``owners["Owner"]``; owners not
+    given are not looked at (checked later, where the object exists).
+    """
+    for name in internal.names:
+        if ":" in name:
+            continue
+        owner, _, attr = name.rpartition(".")
+        if owner not in owners:
+            continue
+        try:
+            inspect.getattr_static(owners[owner], attr)
+        except AttributeError:
+            return f"{owner} has no {attr}"
+    return None
 
 
 def library_version(library: str) -> str:
@@ -65,18 +283,55 @@ def library_version(library: str) -> str:
 
 def turned_off(internal: Internal, why: str) -> None:
     """Say once per process that ``internal``'s feature is off, and what the user loses."""
+    _off.setdefault(internal.key, why)
     if internal.key in _warned:
         return
     _warned.add(internal.key)
-    logger.warning(
-        "proj.compat: %s %s (written for %s): %s is off, %s: %s",
-        internal.library,
-        library_version(internal.library),
-        internal.written_for,
-        internal.feature,
-        why,
-        internal.loses,
+    version_ = library_version(internal.library)
+    line = (
+        f"proj.compat: {internal.library} {version_} (written for {internal.written_for}): "
+        f"{internal.feature} is off, {why}: {internal.loses}"
     )
+    if _logged_somewhere(logger):
+        logger.warning("%s", line)
+    else:  # a producer that configured no logging (Celery's loggers have only a NullHandler): never silent
+        print(line, file=sys.stderr, flush=True)
+
+
+def _logged_somewhere(log: logging.Logger) -> bool:
+    """Whether a warning of ``log`` reaches a handler that writes it somewhere."""
+    current: logging.Logger | None = log
+    while current is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
+
+
+def usable(internal: Internal, check: Callable[[], str | None], stage: str = "") -> bool:
+    """Whether ``internal``'s feature is on: ``check()`` (None if usable, else why not) is run once per
+    process and ``stage``; a reason or an exception turns the feature off with one warning."""
+    if internal.key in _off:
+        return False
+    if (internal.key, stage) not in _checked:
+        _checked.add((internal.key, stage))
+        try:
+            why = check()
+        except Exception as exc:  # noqa: BLE001 - a changed library may fail in any way
+            why = f"its check failed: {exc!r}"
+        if why:
+            turned_off(internal, why)
+            return False
+    return True
+
+
+def reset() -> None:
+    """Forget every check and warning of this process (tests)."""
+    _warned.clear()
+    _off.clear()
+    _checked.clear()
 
 
 def timer_heap(timer) -> list | None:
@@ -112,6 +367,199 @@ def purge_cancelled(timer) -> int:
     return dropped
 
 
+# -- The checks: None when an internal is usable on these objects, else why not -------------------------
+
+
+def _callable_on(owner, attr: str, label: str) -> str | None:
+    try:
+        found = inspect.getattr_static(owner, attr)
+    except AttributeError:
+        return f"{label} has no {attr}"
+    if not callable(found) and not isinstance(found, (staticmethod, classmethod)):
+        return f"{label}.{attr} is not a function"
+    return None
+
+
+def confirms_problem(channel=None) -> str | None:
+    """amqp's confirm method to replace and what the replacement uses (on ``channel`` when given)."""
+    import amqp
+
+    a = attrs(CONFIRMS)
+    for name in ("Channel.basic_publish_confirm", "Channel._basic_publish"):
+        problem = _callable_on(amqp.Channel, a[name], "amqp.Channel")
+        if problem:
+            return problem
+    if channel is not None:
+        if not isinstance(getattr(channel, a["Channel._confirm_selected"], None), bool):
+            return f"an amqp channel has no {a['Channel._confirm_selected']} flag"
+        if not isinstance(getattr(channel, a["Channel._pending"], None), dict):
+            return f"an amqp channel has no {a['Channel._pending']} dict of awaited methods"
+    return None
+
+
+def raw_frames_problem(amqp_connection=None) -> str | None:
+    """amqp's property encoder (the templates' check) and, on a connected ``amqp_connection``, its socket."""
+    import amqp
+
+    a = attrs(RAW_FRAMES)
+    problem = _callable_on(amqp.Message, a["Message._serialize_properties"], "amqp.Message")
+    if problem:
+        return problem
+    if not isinstance(getattr(amqp.Connection, a["Connection.bytes_sent"], None), int):
+        return f"amqp.Connection has no {a['Connection.bytes_sent']} counter (heartbeats)"
+    if amqp_connection is not None:
+        if not callable(getattr(getattr(amqp_connection, a["Connection.transport"], None), "write", None)):
+            return f"an amqp connection has no {a['Connection.transport']}.write()"
+        if not isinstance(getattr(amqp_connection, a["Connection.bytes_sent"], None), int):
+            return f"an amqp connection has no {a['Connection.bytes_sent']} counter"
+    return None
+
+
+def serialize_properties(message) -> bytes:
+    """amqp's encoding of ``message``'s content header properties."""
+    return getattr(message, attrs(RAW_FRAMES)["Message._serialize_properties"])()
+
+
+def write_frames(amqp_connection, data: bytes) -> None:
+    """``data`` to the connection's socket, with amqp's heartbeat bookkeeping ("something was sent")."""
+    a = attrs(RAW_FRAMES)
+    getattr(amqp_connection, a["Connection.transport"]).write(data)
+    sent = a["Connection.bytes_sent"]
+    setattr(amqp_connection, sent, getattr(amqp_connection, sent) + 1)
+
+
+def fast_path_problem(app=None, connection=None) -> str | None:
+    """What the fast path reads: Celery's exec options, its settings' maps, kombu's declared entities."""
+    from celery import Task
+
+    a = attrs(FAST_PATH)
+    problem = _callable_on(Task, a["Task._get_exec_options"], "celery.Task")
+    if problem:
+        return problem
+    if app is not None:
+        conf = app.conf
+        conf.task_protocol  # configures a pending app
+        maps = getattr(app.conf, a["Settings.maps"], None)
+        if not isinstance(maps, list) or len(maps) < 2:
+            return f"app.conf.{a['Settings.maps']} is not the list of setting maps (changes, then the rest)"
+        if not hasattr(getattr(app.conf, a["Settings.changes"], None), "get"):
+            return f"app.conf.{a['Settings.changes']} is not the map of run-time changes"
+    if connection is not None and not isinstance(getattr(connection, a["Connection.declared_entities"], None), set):
+        return f"a kombu connection has no {a['Connection.declared_entities']} set"
+    return None
+
+
+def exec_options(task) -> dict:
+    return getattr(task, attrs(FAST_PATH)["Task._get_exec_options"])()
+
+
+def declared(connection) -> set:
+    """kombu's hashes of the entities ``connection`` has declared."""
+    return getattr(connection, attrs(FAST_PATH)["Connection.declared_entities"])
+
+
+def task_join_will_block() -> Callable[[], bool] | None:
+    """Celery's "this process must not wait for a result" flag, or None (and one warning)."""
+    import celery._state
+
+    found = getattr(celery._state, attrs(REPLY_DECLARE)["_state.task_join_will_block"], None)
+    if not usable(REPLY_DECLARE, lambda: None if callable(found) else "celery._state has no task_join_will_block()"):
+        return None
+    return found
+
+
+def sent_events_problem() -> str | None:
+    import amqp
+    from celery.events.dispatcher import EventDispatcher
+
+    a = attrs(SENT_EVENTS)
+    return (
+        _callable_on(EventDispatcher, a["EventDispatcher._prepare_event"], "EventDispatcher")
+        or _callable_on(EventDispatcher, a["EventDispatcher._publish"], "EventDispatcher")
+        or _callable_on(amqp.Channel, a["Channel._basic_publish"], "amqp.Channel")
+    )
+
+
+def step_problem(internal: Internal, default_steps, step_class) -> str | None:
+    """``internal``'s bootstep is among Celery's ``default_steps`` and ``step_class`` has its methods."""
+    step = internal.names[0]
+    if step not in default_steps:
+        return f"Celery's consumer has no step {step} (renamed?): proj's replacement would never run"
+    for name in internal.names[1:]:
+        owner, _, attr = name.rpartition(".")
+        if owner == step_class.__name__:
+            problem = _callable_on(step_class, attr, owner)
+            if problem:
+                return problem
+    return None
+
+
+def control_problem(control) -> str | None:
+    """The remote-control step's mailbox node and its reply method."""
+    a = attrs(CONTROL_REPLIES)
+    node = getattr(getattr(control, a["Control.box"], None), "node", None)
+    if not callable(getattr(node, a["Node.reply"], None)):
+        return f"Control.{a['Control.box']}.node has no {a['Node.reply']}()"
+    return None
+
+
+def loop_thread_problem(hub) -> str | None:
+    if not hasattr(hub, attrs(LOOP_THREAD)["Hub._loop_thread"]):
+        return f"kombu's Hub has no {attrs(LOOP_THREAD)['Hub._loop_thread']}"
+    return None
+
+
+def loop_thread(hub) -> int | None:
+    return getattr(hub, attrs(LOOP_THREAD)["Hub._loop_thread"], None)
+
+
+def guard_problem(task_pool=None, semaphore=None) -> str | None:
+    """The pool's and the semaphore's private state the guard reads (on the worker's own when given)."""
+    from billiard.pool import ApplyResult
+    from celery.concurrency.prefork import TaskPool
+
+    a = attrs(STUCK_GUARD)
+    try:
+        inspect.getattr_static(TaskPool, a["TaskPool._pool"])
+    except AttributeError:
+        return f"celery's prefork TaskPool has no {a['TaskPool._pool']}"
+    job = ApplyResult({}, None)
+    for name in ("ApplyResult._write_to", "ApplyResult._job"):
+        if not hasattr(job, a[name]):
+            return f"billiard's ApplyResult has no {a[name]}"
+    pool = getattr(task_pool, a["TaskPool._pool"], None) if task_pool is not None else None
+    if pool is not None and hasattr(pool, "maintain_pool"):  # billiard's (prefork): not solo or threads
+        kinds = {
+            "AsynPool._pool": list,
+            "AsynPool._fileno_to_inq": dict,
+            "AsynPool._proc_alive_timeout": (int, float),
+            "AsynPool.outbound_buffer": object,
+            "AsynPool._cache": dict,
+        }
+        for name, kind in kinds.items():
+            if not isinstance(getattr(pool, a[name], None), kind):
+                return f"the prefork pool has no {a[name]} ({getattr(kind, '__name__', 'tuple')})"
+    if semaphore is not None and not hasattr(getattr(semaphore, a["LaxBoundedSemaphore._waiting"], None), "remove"):
+        return f"the pool's semaphore has no {a['LaxBoundedSemaphore._waiting']} queue"
+    return None
+
+
+def failover_problem() -> str | None:
+    """kombu's Mailbox.producer_pool is a cached property (a value set on the mailbox replaces it)."""
+    import functools
+
+    from kombu.pidbox import Mailbox
+
+    attr = attrs(FAILOVER_MAILBOX)["Mailbox.producer_pool"]
+    try:
+        found = inspect.getattr_static(Mailbox, attr)
+    except AttributeError:
+        return f"kombu's Mailbox has no {attr}"
+    if not isinstance(found, functools.cached_property):
+        return f"kombu's Mailbox.{attr} is no longer a cached property"
+    return None
+
+
 def self_check() -> list[tuple[Internal, str | None]]:
     """Each internal with None if it is usable with the installed libraries, else why not."""
     from kombu.asynchronous.timer import Timer
@@ -122,7 +570,97 @@ def self_check() -> list[tuple[Internal, str | None]]:
     heap = getattr(timer, TIMER_HEAP.attr, None)
     ok = isinstance(heap, list) and len(heap) == 1 and _is_scheduled(heap[0])
     results.append((TIMER_HEAP, None if ok else f"{TIMER_HEAP.name} is not a heap of (eta, priority, entry)"))
+    checks: dict[str, Callable[[], str | None]] = {
+        CONFIRMS.key: lambda: confirms_problem(_stub_channel()),
+        RAW_FRAMES.key: _raw_frames_self_check,
+        FAST_PATH.key: lambda: fast_path_problem(_app(), _kombu_connection()),
+        REPLY_DECLARE.key: _reply_declare_self_check,
+        SENT_EVENTS.key: sent_events_problem,
+        DELAYED_DELIVERY.key: lambda: _step_self_check(DELAYED_DELIVERY),
+        CONTROL_REPLIES.key: lambda: _step_self_check(CONTROL_REPLIES),
+        LOOP_THREAD.key: _loop_thread_self_check,
+        STUCK_GUARD.key: lambda: guard_problem(semaphore=_semaphore()),
+        FAILOVER_MAILBOX.key: failover_problem,
+    }
+    for internal in INTERNALS[1:]:
+        internal = globals()[_NAMES[internal.key]]  # as the module has it now (a test may rename it)
+        try:
+            problem = checks[internal.key]()
+        except Exception as exc:  # noqa: BLE001
+            problem = f"its check failed: {exc!r}"
+        results.append((internal, problem))
     return results
+
+
+#: key -> this module's name for the Internal.
+_NAMES = {internal.key: name for name, internal in list(globals().items()) if isinstance(internal, Internal)}
+
+
+def _stub_channel():
+    """An amqp channel on no connection, to look at what its __init__ sets."""
+    import amqp
+
+    class Stub:
+        channels: dict = {}
+        confirm_publish = True
+
+        def _claim_channel_id(self, channel_id):
+            return channel_id
+
+    return amqp.Channel(Stub(), 1)
+
+
+def _app():
+    from proj.celery import app
+
+    return app
+
+
+def _kombu_connection():
+    from kombu import Connection
+
+    return Connection("amqp://localhost//")  # never connected
+
+
+def _raw_frames_self_check() -> str | None:
+    problem = raw_frames_problem()
+    if problem:
+        return problem
+    from proj import frames
+    from proj.tasks import TASK_NAME
+
+    frames.Template(_app(), TASK_NAME, 1, 131072, reply_to="x", ignore_result=False)  # raises if it differs
+    return None
+
+
+def _reply_declare_self_check() -> str | None:
+    import celery._state
+
+    found = getattr(celery._state, attrs(REPLY_DECLARE)["_state.task_join_will_block"], None)
+    return None if callable(found) else "celery._state has no task_join_will_block()"
+
+
+def _step_self_check(internal: Internal) -> str | None:
+    from celery.worker.consumer import Consumer
+    from celery.worker.consumer.delayed_delivery import DelayedDelivery
+
+    return step_problem(internal, Consumer.Blueprint.default_steps, DelayedDelivery)
+
+
+def _loop_thread_self_check() -> str | None:
+    from kombu.asynchronous import Hub
+
+    hub = Hub()
+    try:
+        return loop_thread_problem(hub)
+    finally:
+        hub.close()
+
+
+def _semaphore():
+    from kombu.asynchronous.semaphore import LaxBoundedSemaphore
+
+    return LaxBoundedSemaphore(1)
 
 
 def main(argv: list[str] | None = None) -> int:

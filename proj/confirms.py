@@ -10,7 +10,10 @@ the call's ``PROJ_PUBLISH_TIMEOUT`` (:func:`deadline`, set by ``proj.tasks`` aro
 Celery path may send the message again after a timeout).
 
 :func:`install` puts :func:`basic_publish_confirm` in place of py-amqp's (``proj.celery`` does, so every
-process that loads the app has it); ``proj.fastpath`` calls :func:`wait_for_confirm` itself.
+process that loads the app has it); ``proj.fastpath`` calls :func:`wait_for_confirm` itself. The amqp names
+this needs are ``proj.compat.CONFIRMS``: checked at install (the class) and at the first publish (a
+channel); when one is missing or changed, one warning says so and amqp's own wait is used (its
+``confirm_timeout`` restarted by every frame, but the call's deadline still stops Celery's re-sends).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import amqp
 from amqp import spec
 from amqp.exceptions import MessageNacked, RecoverableConnectionError
 from vine import ensure_promise
+
+from proj import compat
 
 _local = threading.local()
 
@@ -56,7 +61,7 @@ def wait_for_confirm(channel, timeout: float | None) -> None:
     Raises MessageNacked on a nack, ConfirmTimeout when no confirm came in time.
     """
     confirmed = ensure_promise(_on_confirm)
-    pending = channel._pending
+    pending = getattr(channel, compat.attrs(compat.CONFIRMS)["Channel._pending"])
     methods = (spec.Basic.Ack, spec.Basic.Nack)
     before = [pending.get(m) for m in methods]
     for m in methods:
@@ -99,14 +104,46 @@ def basic_publish_confirm(self, *args, **kwargs):
     if at is not None and time.monotonic() >= at:
         # Celery's re-send after a timeout: past the call's bound, nothing more is sent.
         raise ConfirmTimeout(TIMED_OUT)
-    if not self._confirm_selected:
-        self._confirm_selected = True
+    if not usable(self):
+        return _amqp_basic_publish_confirm(self, *args, confirm_timeout=confirm_timeout, **kwargs)
+    a = compat.attrs(compat.CONFIRMS)
+    if not getattr(self, a["Channel._confirm_selected"]):
+        setattr(self, a["Channel._confirm_selected"], True)
         self.confirm_select()
-    result = self._basic_publish(*args, **kwargs)
+    result = getattr(self, a["Channel._basic_publish"])(*args, **kwargs)
     wait_for_confirm(self, confirm_timeout or kwargs.get("timeout"))
     return result
 
 
+def usable(channel=None) -> bool:
+    """Whether proj's bounded wait can be used (on ``channel``: checked at the process's first publish)."""
+    if channel is None:
+        return compat.usable(compat.CONFIRMS, compat.confirms_problem)
+    return compat.usable(compat.CONFIRMS, lambda: compat.confirms_problem(channel), stage="channel")
+
+
+#: amqp's own method, called when the bounded wait is off.
+_amqp_basic_publish_confirm = None
+#: The name it was replaced under (uninstall).
+_installed_as: str | None = None
+
+
 def install() -> None:
-    """Channels opened from now on wait for their confirms with :func:`wait_for_confirm`."""
-    amqp.Channel.basic_publish_confirm = basic_publish_confirm
+    """Channels opened from now on wait for their confirms with :func:`wait_for_confirm` (if usable)."""
+    global _amqp_basic_publish_confirm, _installed_as
+    if not usable():
+        return
+    name = compat.attrs(compat.CONFIRMS)["Channel.basic_publish_confirm"]
+    found = getattr(amqp.Channel, name)
+    if found is basic_publish_confirm:
+        return
+    _amqp_basic_publish_confirm, _installed_as = found, name
+    setattr(amqp.Channel, name, basic_publish_confirm)
+
+
+def uninstall() -> None:
+    """amqp's own method back (tests that check the install again with other names)."""
+    global _installed_as
+    if _installed_as is not None:
+        setattr(amqp.Channel, _installed_as, _amqp_basic_publish_confirm)
+        _installed_as = None

@@ -11,6 +11,11 @@ body too) and redelivers a task that kills its worker forever. This subclass, in
   queues count deliveries themselves; for classic queues the count travels in a header);
 - replies to remote-control commands (``celery inspect``, Flower) never make the event loop wait on
   the connection it consumes from (:class:`Control`).
+
+Celery's private names these need are in ``proj.compat`` (DELAYED_DELIVERY, CONTROL_REPLIES,
+LOOP_THREAD, STUCK_GUARD), checked as the worker starts: a step swapped in only if Celery's step of that
+name is among its default steps (a renamed step is reported, not silently left alone), the loop's thread
+only if kombu's hub records it. Each one missing is one warning line and Celery's own behaviour.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from celery.worker.consumer.delayed_delivery import DelayedDelivery as CeleryDel
 from kombu import Exchange, Producer
 from kombu.utils.url import maybe_sanitize_url
 
-from proj import config, deadletter, guard
+from proj import compat, config, deadletter, guard
 from proj.tasks import TASK_NAME
 
 logger = get_logger(__name__)
@@ -83,7 +88,6 @@ def as_celery_message(message, text: str) -> None:
     message.body = json.dumps([[text], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
     message.content_type = "application/json"
     message.content_encoding = "utf-8"
-    message._decoded_cache = None
 
 
 def deliveries(message) -> int:
@@ -104,10 +108,11 @@ class DelayedDelivery(CeleryDelayedDelivery):
     """
 
     def start(self, c):
-        self._validate_configuration(c.app)
+        a = compat.attrs(compat.DELAYED_DELIVERY)
+        getattr(self, a["DelayedDelivery._validate_configuration"])(c.app)
         url = c.connection.as_uri(include_password=True)
         try:
-            self._setup_delayed_delivery(c, url)
+            getattr(self, a["DelayedDelivery._setup_delayed_delivery"])(c, url)
         except Exception as exc:
             logger.warning("Native delayed delivery not set up through %s: %s", maybe_sanitize_url(url), exc)
 
@@ -129,9 +134,14 @@ class Control(CeleryControl):
 
     def __init__(self, c, **kwargs):
         super().__init__(c, **kwargs)
-        node = self.box.node
-        celery_reply = node.reply
-        node.reply = lambda *args, **kw: reply_on_event_connection(c, node, celery_reply, *args, **kw)
+        if not compat.usable(compat.CONTROL_REPLIES, lambda: compat.control_problem(self), stage="box"):
+            return  # Celery's replies, on the consumer's connection
+        a = compat.attrs(compat.CONTROL_REPLIES)
+        node = getattr(self, a["Control.box"]).node
+        celery_reply = getattr(node, a["Node.reply"])
+        setattr(
+            node, a["Node.reply"], lambda *args, **kw: reply_on_event_connection(c, node, celery_reply, *args, **kw)
+        )
 
 
 def reply_on_event_connection(c, node, celery_reply, data, exchange, routing_key, ticket, **kwargs) -> None:
@@ -163,21 +173,34 @@ def reply_on_event_connection(c, node, celery_reply, data, exchange, routing_key
     return None
 
 
+#: Celery's consumer steps proj replaces: Internal -> proj's step.
+REPLACED_STEPS = (("DELAYED_DELIVERY", "proj.consumer:DelayedDelivery"), ("CONTROL_REPLIES", "proj.consumer:Control"))
+
+
+def proj_steps(celery_steps: list[str]) -> list[str]:
+    """Celery's default consumer steps with proj's in place of those it replaces (each usable one)."""
+    steps = list(celery_steps)
+    for name, replacement in REPLACED_STEPS:
+        internal = getattr(compat, name)
+        if compat.usable(internal, lambda i=internal: compat.step_problem(i, celery_steps, CeleryDelayedDelivery)):
+            steps[steps.index(internal.names[0])] = replacement
+    return steps
+
+
 class Consumer(CeleryConsumer):
     """Celery's consumer with an intake that runs tutorial text and never deletes a message."""
 
     class Blueprint(CeleryConsumer.Blueprint):
-        default_steps = [
-            {":DelayedDelivery": "proj.consumer:DelayedDelivery", ":Control": "proj.consumer:Control"}.get(
-                step[step.rfind(":") :], step
-            )
-            for step in CeleryConsumer.Blueprint.default_steps
-        ]
+        def __init__(self, *args, **kwargs):
+            # Worker start: each of Celery's steps proj replaces must be there by the name checked.
+            self.default_steps = proj_steps(CeleryConsumer.Blueprint.default_steps)
+            super().__init__(*args, **kwargs)
 
     def register_with_event_loop(self, hub):
         """Celery's registration, then the stuck-message fix and guard (proj/guard.py)."""
         super().register_with_event_loop(hub)
-        guard.arm_start_deadlines(self.controller.pool, hub)
+        self._loop_thread_known = compat.usable(compat.LOOP_THREAD, lambda: compat.loop_thread_problem(hub))
+        guard.arm_start_deadlines(self.controller.pool, hub, self)
         guard.guard_of(self).register_with_event_loop(hub)
 
     def create_task_handler(self, *args, **kwargs):
@@ -204,9 +227,13 @@ class Consumer(CeleryConsumer):
 
         return on_task_received
 
+    _loop_thread_known = False
+
     def _on_loop_thread(self) -> bool:
         """True when called by the event loop's own thread (kombu 5.7's Hub records it as it starts)."""
-        return self.hub is not None and getattr(self.hub, "_loop_thread", None) == threading.get_ident()
+        return (
+            self._loop_thread_known and self.hub is not None and compat.loop_thread(self.hub) == threading.get_ident()
+        )
 
     def call_soon_ack(self, p, *args, **kwargs):
         """Send an ack (or reject) at once when the event loop's own thread asks for it.
@@ -250,12 +277,17 @@ class Consumer(CeleryConsumer):
 
     def _flush_events_timed(self):
         self._events_flush_due = None
-        self._flush_events()
+        self.flush_events()
+
+    def flush_events(self):
+        """Send the buffered task events now (what Celery's private ``_flush_events`` does)."""
+        if self.event_dispatcher:
+            self.event_dispatcher.flush()
 
     def shutdown(self):
         """Send the events still buffered (the last tasks' succeeded) before Celery closes the dispatcher."""
         try:
-            self._flush_events()
+            self.flush_events()
         except Exception as exc:  # the connection may be gone: Celery's own close ignores that too
             logger.warning("task events not flushed at shutdown: %r", exc)
         return super().shutdown()

@@ -19,12 +19,18 @@ frozen one costs 2 x :data:`CLOSE_TIMEOUT`. The same step makes the worker's rem
 publish on the connection it is given (the consumer's, on the node it just reached) instead of the
 producer pool: Mingle's hello (what ``proj/chaos/watch.py`` does for its own client). The replies to
 ``celery inspect`` go out on the event connection, on that node too (``proj/consumer.py``'s Control).
+
+Replacing the mailbox's producer pool relies on kombu's ``Mailbox.producer_pool`` being a cached property
+(``proj.compat.FAILOVER_MAILBOX``, checked at worker start): when it is not, one warning says so and the
+mailbox keeps Celery's producer pool.
 """
 
 from __future__ import annotations
 
 from celery import bootsteps
 from celery.utils.threads import bound_open_broker_sockets
+
+from proj import compat
 
 #: Seconds the old event connection may wait for each close-ok after the consumer lost its connection.
 CLOSE_TIMEOUT = 0.5
@@ -38,7 +44,9 @@ class BoundOldEventConnection(bootsteps.StartStopStep):
 
     def __init__(self, c, **kwargs):
         super().__init__(c, **kwargs)
-        c.app.control.mailbox.producer_pool = None
+        if compat.usable(compat.FAILOVER_MAILBOX, compat.failover_problem):
+            # kombu's Mailbox.producer_or_acquire then publishes on the channel it is given.
+            setattr(c.app.control.mailbox, compat.attrs(compat.FAILOVER_MAILBOX)["Mailbox.producer_pool"], None)
 
     def stop(self, c):
         dispatcher = getattr(c, "event_dispatcher", None)

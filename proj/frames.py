@@ -9,6 +9,9 @@ constant headers, once; and each message only fills in what differs from one tas
 its JSON body. The frames are those amqp would write for the message kombu would publish
 (``tests/test_bulk.py`` compares what the broker holds from both), and :func:`template` checks its
 encoding against amqp's once per process.
+
+The amqp names this needs (the connection's transport and heartbeat counter, the property encoder) are
+``proj.compat.RAW_FRAMES``: a sender asks :func:`usable` first and takes kombu's path when it is off.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from amqp.serialization import dumps as amqp_dumps
 from celery.utils.saferepr import saferepr
 from kombu.utils.json import dumps as json_dumps
 
-from proj import config
+from proj import compat, config
 
 #: AMQP 0-9-1: frame types, the frame end octet, basic.publish's class and method, basic's property flags.
 METHOD, HEADER, BODY, FRAME_END = 1, 2, 3, b"\xce"
@@ -65,11 +68,15 @@ def content_frames(method_frame: bytes, channel_id: int, properties: bytes, body
     return b"".join(out)
 
 
+def usable(amqp_connection) -> bool:
+    """Whether frames can be written to ``amqp_connection`` (checked once per process, proj.compat)."""
+    return compat.usable(compat.RAW_FRAMES, lambda: compat.raw_frames_problem(amqp_connection))
+
+
 def write(amqp_connection, data: bytes) -> None:
     """Ready-made frames to the connection's socket in one system call, as amqp's frame writer would send
     them, with amqp's heartbeat bookkeeping ("something was sent")."""
-    amqp_connection.transport.write(data)
-    amqp_connection.bytes_sent += 1
+    compat.write_frames(amqp_connection, data)
 
 
 class Template:
@@ -127,7 +134,8 @@ class Template:
         return (self.body_head + json_dumps(message) + self.body_tail).encode("utf-8")
 
     def properties_of(self, task_id: str, argsrepr: str) -> bytes:
-        """The content header's property flags and list, as amqp's ``Message._serialize_properties``."""
+        """The content header's property flags and list, as amqp's ``Message._serialize_properties``
+        (:meth:`_check`)."""
         id_item = _longstr_item(task_id)
         table = b"".join(
             p if isinstance(p, bytes) else id_item if p == "id" else _longstr_item(argsrepr) for p in self.pieces
@@ -149,16 +157,18 @@ class Template:
 
     def _check(self, headers: dict, body: bytes) -> None:
         """The template encodes Celery's sample message as amqp does, or it is not used at all."""
-        expected = Message(
-            b"",
-            content_type=CONTENT_TYPE,
-            content_encoding=CONTENT_ENCODING,
-            application_headers=headers,
-            delivery_mode=PERSISTENT,
-            priority=PRIORITY,
-            correlation_id=_SAMPLE_ID,
-            reply_to=self.reply_to,
-        )._serialize_properties()
+        expected = compat.serialize_properties(
+            Message(
+                b"",
+                content_type=CONTENT_TYPE,
+                content_encoding=CONTENT_ENCODING,
+                application_headers=headers,
+                delivery_mode=PERSISTENT,
+                priority=PRIORITY,
+                correlation_id=_SAMPLE_ID,
+                reply_to=self.reply_to,
+            )
+        )
         if self.properties_of(_SAMPLE_ID, headers["argsrepr"]) != expected or self.body("x") != body:
             raise RuntimeError("proj.frames: the task message template does not encode as amqp does")
 
@@ -173,14 +183,16 @@ class EventTemplate:
         self.channel_id = channel_id
         self.chunk = frame_max - 8
         self.method_frame = publish_frame(channel_id, dispatcher.exchange.name, type.replace("-", "."))
-        self.properties = Message(
-            b"",
-            content_type=CONTENT_TYPE,
-            content_encoding=CONTENT_ENCODING,
-            application_headers=dispatcher.headers,
-            delivery_mode=dispatcher.delivery_mode,
-            priority=PRIORITY,  # kombu's Producer.publish default
-        )._serialize_properties()
+        self.properties = compat.serialize_properties(
+            Message(
+                b"",
+                content_type=CONTENT_TYPE,
+                content_encoding=CONTENT_ENCODING,
+                application_headers=dispatcher.headers,
+                delivery_mode=dispatcher.delivery_mode,
+                priority=PRIORITY,  # kombu's Producer.publish default
+            )
+        )
 
     def frames(self, event: dict) -> bytes:
         body = json_dumps(event).encode("utf-8")

@@ -29,6 +29,12 @@ queue it waits in) and rejected with requeue, so the broker gives it to a worker
 message already written to a pool process that never took it is recovered by killing that process:
 billiard puts the job back and writes it to the replacement. ``proj health`` asks the guard, through the
 ``proj_stuck`` remote-control command, what the worker holds without running it.
+
+The fix and the guard read Celery's, billiard's and kombu's private state (``proj.compat.STUCK_GUARD``),
+checked when the worker starts, on its own pool. The guard is never off in silence: a missing or changed
+name, or any error of the check or of arming the deadlines, is one warning line (``proj.compat: ...``),
+the guard stops, and its report says ``off`` with why: ``proj health`` prints "guard off: <why>", and
+so does ``celery -A proj inspect proj_stuck`` (its ``guard`` field). The worker keeps running tasks.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from celery.utils.log import get_logger
 from celery.worker import state as worker_state
 from celery.worker.control import inspect_command
 
-from proj import config
+from proj import compat, config
 
 logger = get_logger(__name__)
 
@@ -50,42 +56,73 @@ logger = get_logger(__name__)
 # -- The fix: a start-up deadline for the first pool's processes -----------------------------------
 
 
+def _a() -> dict[str, str]:
+    return compat.attrs(compat.STUCK_GUARD)
+
+
 def _asyn_pool(task_pool):
     """The prefork pool's billiard ``AsynPool``, or None for the solo, threads or green pools."""
-    pool = getattr(task_pool, "_pool", None)
-    return pool if hasattr(pool, "outbound_buffer") else None
+    pool = getattr(task_pool, _a()["TaskPool._pool"], None)
+    return pool if hasattr(pool, _a()["AsynPool.outbound_buffer"]) else None
+
+
+def _processes(pool) -> list:
+    return list(getattr(pool, _a()["AsynPool._pool"]))
 
 
 def _is_up(pool, proc) -> bool:
     """Whether ``proc`` has sent WORKER_UP (its inqueue is the one the pool writes jobs to)."""
-    return pool._fileno_to_inq.get(proc.inqW_fd) is proc
+    return getattr(pool, _a()["AsynPool._fileno_to_inq"]).get(proc.inqW_fd) is proc
 
 
-def arm_start_deadlines(task_pool, hub) -> int:
+def usable(consumer) -> bool:
+    """Whether the fix and the guard can read this worker's pool (checked once, at worker start)."""
+    controller = consumer.controller
+    return compat.usable(
+        compat.STUCK_GUARD,
+        lambda: compat.guard_problem(controller.pool, getattr(controller, "semaphore", None)),
+        stage="worker",
+    )
+
+
+def arm_start_deadlines(task_pool, hub, consumer=None) -> int:
     """Give every pool process that has not said WORKER_UP Celery's ``worker_proc_alive_timeout``.
 
-    Returns how many processes were armed (the first pool's, at the first registration).
+    Returns how many processes were armed (the first pool's, at the first registration). Any failure
+    turns the guard off with one warning; the worker starts as Celery's.
     """
-    pool = _asyn_pool(task_pool)
-    if pool is None:
+    if consumer is not None and not usable(consumer):
         return 0
-    armed = 0
-    for proc in list(pool._pool):
-        if proc.exitcode is None and not _is_up(pool, proc):
-            hub.call_later(pool._proc_alive_timeout, _check_started, pool, weakref.ref(proc))
-            armed += 1
-    return armed
+    try:
+        pool = _asyn_pool(task_pool)
+        if pool is None:
+            return 0
+        armed = 0
+        timeout = getattr(pool, _a()["AsynPool._proc_alive_timeout"])
+        for proc in _processes(pool):
+            if proc.exitcode is None and not _is_up(pool, proc):
+                hub.call_later(timeout, _check_started, pool, weakref.ref(proc))
+                armed += 1
+        return armed
+    except Exception as exc:  # noqa: BLE001 - never take the worker's start down
+        compat.turned_off(compat.STUCK_GUARD, f"arming the pool's start deadlines failed: {exc!r}")
+        return 0
 
 
 def _check_started(pool, proc_ref) -> None:
-    proc = proc_ref()
-    if proc is None or proc.exitcode is not None or _is_up(pool, proc) or proc not in pool._pool:
+    try:
+        proc = proc_ref()
+        if proc is None or proc.exitcode is not None or _is_up(pool, proc) or proc not in _processes(pool):
+            return
+        timeout = getattr(pool, _a()["AsynPool._proc_alive_timeout"])
+    except Exception as exc:  # noqa: BLE001
+        compat.turned_off(compat.STUCK_GUARD, f"a start deadline's check failed: {exc!r}")
         return
     logger.error(
         "pool process %s did not start within %g s (worker_proc_alive_timeout): killed it so that the pool "
         "replaces it and the messages waiting for it run",
         proc.pid,
-        pool._proc_alive_timeout,
+        timeout,
     )
     _kill(proc.pid)
 
@@ -115,7 +152,15 @@ class Guard:
 
     @property
     def enabled(self) -> bool:
-        return self.stuck_after > 0
+        return self.off_reason is None
+
+    @property
+    def off_reason(self) -> str | None:
+        """Why the guard does not run (None: it runs)."""
+        if self.stuck_after <= 0:
+            return "PROJ_STUCK_AFTER=0"
+        why = compat.off().get(compat.STUCK_GUARD.key)
+        return None if why is None else f"{why} ({compat.STUCK_GUARD.library} internals, proj.compat)"
 
     @property
     def interval(self) -> float:
@@ -123,6 +168,8 @@ class Guard:
 
     def register_with_event_loop(self, hub) -> None:
         # At every (re)connection: Celery cancels the timers registered for a connection that fails.
+        if self.stuck_after > 0:
+            usable(self.consumer)  # the warning, once, when the pool is not the one this was written for
         if not self.enabled:
             return
         if self._timer is not None:
@@ -153,32 +200,48 @@ class Guard:
 
     def report(self) -> dict:
         """What ``proj health`` reads: messages held without running, and for how long."""
+        off = self.off_reason
+        try:
+            held = [{"id": r.id, "name": r.name, "seconds": round(age, 3)} for r, age in self.observe()]
+            processes = self.pool_size()
+        except Exception:  # noqa: BLE001 - a guard that is off may not be able to look: it says it is off
+            held, processes = [], None
         return {
+            "guard": "on" if off is None else f"off: {off}",
             "stuck_after": self.stuck_after,
-            "pool_processes": self.pool_size(),
+            "pool_processes": processes,
             "active": len(worker_state.active_requests),
             "recovered": self.recovered,
-            "held": [{"id": r.id, "name": r.name, "seconds": round(age, 3)} for r, age in self.observe()],
+            "held": held,
         }
 
     # The check -------------------------------------------------------------------------------
 
     def check(self) -> None:
+        if not self.enabled:
+            self.stop()
+            return
         try:
             now = time.monotonic()
             for request, age in self.observe(now):
                 if age > self.stuck_after:
                     self.recover(request, age)
             self.check_starting(now)
-        except Exception:  # the guard must never take the worker's event loop down
-            logger.exception("stuck-message guard check failed")
+        except Exception as exc:  # noqa: BLE001 - never take the event loop down; never off in silence
+            compat.turned_off(compat.STUCK_GUARD, f"its check failed: {exc!r}")
+            self.stop()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def check_starting(self, now: float) -> None:
         """A pool process that has not said WORKER_UP for longer than the bound is killed (and replaced)."""
         pool = _asyn_pool(self.consumer.controller.pool)
         if pool is None:
             return
-        starting = {p.pid: p for p in list(pool._pool) if p.exitcode is None and not _is_up(pool, p)}
+        starting = {p.pid: p for p in _processes(pool) if p.exitcode is None and not _is_up(pool, p)}
         for gone in set(self.starting_since) - set(starting):
             del self.starting_since[gone]
         for pid in starting:
@@ -234,26 +297,29 @@ class Guard:
         """Remove ``request`` from wherever it waits in the worker; ``("process", pid)`` if a process holds it."""
         controller = self.consumer.controller
         semaphore = getattr(controller, "semaphore", None)
+        a = _a()
         if semaphore is not None:
-            for entry in list(semaphore._waiting):
+            waiting = getattr(semaphore, a["LaxBoundedSemaphore._waiting"])
+            for entry in list(waiting):
                 if entry[1] and entry[1][0] is request:
-                    semaphore._waiting.remove(entry)
+                    waiting.remove(entry)
                     return "the pool's semaphore queue", None
         pool = _asyn_pool(controller.pool)
         if pool is None:
             return "the worker", None
-        job = next((j for j in list(pool._cache.values()) if getattr(j, "correlation_id", None) == request.id), None)
+        cache, outbound = getattr(pool, a["AsynPool._cache"]), getattr(pool, a["AsynPool.outbound_buffer"])
+        job = next((j for j in list(cache.values()) if getattr(j, "correlation_id", None) == request.id), None)
         if job is None:
             return "the worker (in no pool queue)", None
-        write_to = getattr(job, "_write_to", None)
+        write_to = getattr(job, a["ApplyResult._write_to"])
         if write_to is not None and write_to.exitcode is None:
             return "process", write_to.pid
-        if job in pool.outbound_buffer:
-            pool.outbound_buffer.remove(job)
+        if job in outbound:
+            outbound.remove(job)
             where = "the pool's outbound buffer"
         else:
             where = "the pool's job cache"
-        pool._cache.pop(job._job, None)
+        cache.pop(getattr(job, a["ApplyResult._job"]), None)
         if semaphore is not None:
             semaphore.release()  # the slot this job took in _process_task_sem
         return where, None

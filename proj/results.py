@@ -7,6 +7,9 @@ every ``.delay()``, on top of the task's publisher confirm (``proj bench``: 378 
 channel, just before the task: the broker handles a channel's frames in order, so the reply queue
 exists before the task is even routed, and the task's confirm comes after both. A declaration the
 broker refuses closes the channel, and the task's publish then fails loudly, as it would have.
+
+Whether the process must skip the declaration (a pool process: Celery's ``task_join_will_block``) is a
+private name of Celery's (``proj.compat.REPLY_DECLARE``); without it, Celery's own declaration is used.
 """
 
 from __future__ import annotations
@@ -14,10 +17,9 @@ from __future__ import annotations
 import weakref
 
 from amqp import spec
-from celery._state import task_join_will_block
 from celery.backends.rpc import RPCBackend as CeleryRPCBackend
 
-from proj import frames
+from proj import compat, frames
 
 
 class RPCBackend(CeleryRPCBackend):
@@ -54,8 +56,11 @@ class RPCBackend(CeleryRPCBackend):
         return found
 
     def on_task_call(self, producer, task_id):
+        will_block = compat.task_join_will_block()
+        if will_block is None:  # off (proj.compat): Celery's declaration, waiting for its declare-ok
+            return super().on_task_call(producer, task_id)
         # As Celery: a pool process (task_join_will_block) has its reply queue declared already.
-        if task_join_will_block():
+        if will_block():
             return
         channel = producer.channel
         try:

@@ -79,8 +79,10 @@ class MessageTask(Task):
             if fastpath.eligible(self, args, kwargs, rest, options):
                 try:
                     return fastpath.send(self, args[0], options)
-                except fastpath.Unavailable:
-                    pass  # Celery's path: it connects, declares task_queue, selects confirms or reconnects
+                except (MessageNacked, confirms.ConfirmTimeout):
+                    raise
+                except Exception:  # noqa: BLE001 - fastpath.Unavailable, or anything it did not foresee
+                    pass  # Celery's path, same id: it connects, declares task_queue, selects confirms or reconnects
             return super().apply_async(args, kwargs, *rest, **options)
         except (MessageNacked, OperationalError, confirms.ConfirmTimeout) as exc:
             if _caused_by(exc, MessageNacked):

@@ -104,12 +104,55 @@ SLOW_MODULES = (
 )
 
 
+#: Fixtures that hand a test a running RabbitMQ node: a test using any of them is marked ``broker``.
+BROKER_FIXTURES = frozenset({"broker", "fresh_queue", "mgmt", "recorder", "queue_of_three", "recorder_for"})
+
+#: Markers of whole modules (pyproject.toml registers them): ``docker`` needs a Docker engine and the local
+#: images, ``cluster`` starts a RabbitMQ cluster, ``slow`` runs a minute or more.
+MODULE_MARKERS = {
+    "test_chaos.py": ("broker", "slow"),
+    "test_bench.py": ("broker", "slow"),
+    "test_cluster.py": ("broker", "cluster", "slow"),
+    "test_celery_setup.py": ("broker", "docker", "slow"),
+    "test_compose.py": ("broker", "docker", "slow"),
+    "test_compose_cluster.py": ("broker", "docker", "cluster", "slow"),
+    "test_compose_health.py": ("broker", "docker"),
+    "test_memory.py": ("broker", "slow"),
+    "test_broker_cli.py": ("broker",),
+    "test_durability.py": ("broker",),
+    "test_lab.py": ("broker",),
+    "test_stack.py": ("broker",),
+}
+
+
 def pytest_collection_modifyitems(session, config, items) -> None:
+    """Mark every test by what it needs (``pytest -m "not broker"`` is the broker-free tier), slow ones last."""
+    for item in items:
+        for name in MODULE_MARKERS.get(item.path.name, ()):
+            item.add_marker(name)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if BROKER_FIXTURES & fixtures or any("node" in name or "cluster" in name for name in fixtures):
+            item.add_marker("broker")
+
     def slowness(item) -> int:
         name = item.path.name
         return SLOW_MODULES.index(name) + 1 if name in SLOW_MODULES else 0
 
     items.sort(key=slowness)  # stable: the file order within each group is kept
+
+
+@pytest.fixture(autouse=True)
+def _broker_free_tier_starts_no_broker(request, monkeypatch) -> None:
+    """A test not marked ``broker`` that starts a RabbitMQ node fails, saying to mark it: the tier stays honest."""
+    if request.node.get_closest_marker("broker") is None:
+
+        def refuse(self, *args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} starts a RabbitMQ node: mark it @pytest.mark.broker")
+
+        monkeypatch.setattr(Node, "start", refuse)
+        from proj.rabbit.cluster import Cluster
+
+        monkeypatch.setattr(Cluster, "start", refuse)
 
 
 LIMIT_POLICY = "test-limit-of-three"

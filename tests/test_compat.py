@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import TIMEOUT, publish
+from helpers import TIMEOUT, publish, take_raw
 from kombu.asynchronous.timer import Timer
 
 from proj import compat
@@ -83,3 +83,187 @@ def test_a_worker_without_the_timer_heap_warns_once_and_still_runs_tasks(fresh_q
         assert "kombu" in lines[0] and "_queue_renamed_by_a_future_kombu" in lines[0]
     finally:
         worker.kill()
+
+
+# -- Every internal: renamed, its feature is off with one warning, and the work is done Celery's way ----------
+
+RENAMED_APPS = str(TESTS / "compat_apps")
+#: Checked at worker start (the worker says so); the others at a producer's first publish.
+WORKER_SIDE = ("delayed-delivery-step", "control-replies", "loop-thread", "stuck-guard", "failover-mailbox")
+PRODUCER_SIDE = ("bounded-confirms", "raw-frames", "fast-path", "nowait-reply-queue", "unconfirmed-sent-events")
+
+
+@pytest.fixture
+def fresh_compat(monkeypatch):
+    """This process's checks and warnings forgotten for the test, and restored after it."""
+    for name in ("_warned", "_checked"):
+        monkeypatch.setattr(compat, name, set())
+    monkeypatch.setattr(compat, "_off", {})
+
+
+def test_every_internal_is_tested_on_one_side():
+    assert sorted(WORKER_SIDE + PRODUCER_SIDE + ("timer-heap",)) == sorted(i.key for i in compat.INTERNALS)
+
+
+@pytest.mark.parametrize("key", [internal.key for internal in compat.INTERNALS])
+def test_a_renamed_name_is_found_missing_by_the_self_check(key, monkeypatch, fresh_compat, capsys):
+    # Given a library that renamed every private name of this internal
+    name = compat._NAMES[key]
+    monkeypatch.setattr(compat, name, compat.renamed(getattr(compat, name)))
+
+    # When the internals are checked
+    problems = dict((internal.key, problem) for internal, problem in compat.self_check())
+
+    # Then this one is off, the others still usable, and `main` says so and exits 1
+    assert problems.pop(key) is not None
+    assert set(problems.values()) == {None}
+    assert compat.main() == 1
+    off = [line for line in capsys.readouterr().out.splitlines() if "OFF" in line]
+    assert len(off) == 1 and getattr(compat, name).loses in off[0]
+
+
+def test_a_feature_checked_twice_warns_once(fresh_compat, caplog):
+    with caplog.at_level(logging.WARNING, logger=compat.logger.name):
+        assert not compat.usable(compat.FAST_PATH, lambda: "gone")
+        assert not compat.usable(compat.FAST_PATH, lambda: None)
+        compat.turned_off(compat.FAST_PATH, "failed again")
+    lines = [r.getMessage() for r in caplog.records if r.name == compat.logger.name]
+    assert len(lines) == 1 and "celery" in lines[0] and "gone" in lines[0] and compat.FAST_PATH.loses in lines[0]
+    assert compat.off() == {"fast-path": "gone"}
+
+
+def test_a_failing_guard_check_turns_the_guard_off_with_one_warning_and_says_so(fresh_compat, caplog):
+    from proj import guard
+
+    class Broken:
+        @property
+        def controller(self):
+            raise RuntimeError("billiard changed")
+
+    # Given a guard whose look at the pool fails
+    stuck_guard = guard.Guard(Broken(), stuck_after=5)
+    assert stuck_guard.report()["guard"] == "on"
+
+    # When it checks twice
+    with caplog.at_level(logging.WARNING, logger=compat.logger.name):
+        stuck_guard.check()
+        stuck_guard.check()
+
+    # Then one line says the guard is off, and its report (proj health, inspect proj_stuck) says why
+    lines = [r.getMessage() for r in caplog.records if r.name == compat.logger.name]
+    assert len(lines) == 1 and "billiard changed" in lines[0], lines
+    report = stuck_guard.report()
+    assert report["guard"].startswith("off: ") and "billiard changed" in report["guard"]
+
+
+def test_proj_health_reports_a_guard_that_is_off_and_stays_healthy():
+    from proj.cli.health import verdict
+
+    answers = {"w1@h": {"guard": "off: billiard changed", "held": []}, "w2@h": {"guard": "on", "held": []}}
+    healthy, line = verdict(answers, [], 5, 30)
+    assert healthy and "w1@h: guard off: billiard changed" in line and "w2@h: guard" not in line
+
+
+@pytest.mark.broker
+def test_a_failing_template_check_sends_every_delay_celerys_way_with_one_warning(
+    fresh_queue, fresh_compat, monkeypatch, caplog
+):
+    # The issue's measurement: with Template._check made to fail, the 2nd of three .delay() calls raised.
+    from proj import frames
+    from proj.celery import app
+    from proj.tasks import work
+
+    def fails(self, headers, body):
+        raise RuntimeError("proj.frames: the task message template does not encode as amqp does")
+
+    monkeypatch.setattr(frames.Template, "_check", fails)
+    with (
+        caplog.at_level(logging.WARNING, logger=compat.logger.name),
+        app.connection_for_write(fresh_queue.url) as conn,
+    ):
+        producer = app.amqp.Producer(conn)
+        # When three plain calls are made in a row (the first one sets the connection up)
+        ids = [work.apply_async(args=[f"m{i}."], producer=producer, ignore_result=True).id for i in range(3)]
+
+    # Then all three are queued, under the ids they returned, and one line says the fast path is off
+    assert sorted(m.headers["id"] for m in take_raw(fresh_queue.url)) == sorted(ids)
+    lines = [r.getMessage() for r in caplog.records if r.name == compat.logger.name]
+    assert len(lines) == 1 and "fast path" in lines[0] and "template" in lines[0], lines
+    assert compat.is_off(compat.FAST_PATH)
+
+
+def _renamed_env(key: str) -> dict[str, str]:
+    return {
+        "PYTHONPATH": os.pathsep.join([RENAMED_APPS, os.environ.get("PYTHONPATH", "")]),
+        "PROJ_TEST_RENAMED": key,
+    }
+
+
+def _compat_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "proj.compat:" in line]
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("key", WORKER_SIDE)
+def test_a_worker_without_an_internal_warns_once_and_runs_tasks(key, fresh_queue, tmp_path):
+    # Given a worker whose libraries renamed this internal's private names
+    internal = compat.renamed(getattr(compat, compat._NAMES[key]))
+    worker = WorkerProcess(key, fresh_queue.url, tmp_path, env=_renamed_env(key))
+    worker.argv[worker.argv.index("-A") + 1] = "renamed"
+    try:
+        worker.start().wait_ready(TIMEOUT)
+
+        # When it is sent two tasks
+        publish(fresh_queue.url, ["First.", "Second."])
+
+        # Then it does them through Celery's own path
+        worker.wait_for_line(" [x] Done", TIMEOUT, count=2)
+        # And said once, at start, which feature is off and what that costs
+        lines = _compat_lines(worker.log())
+        assert len(lines) == 1, worker.log()
+        assert internal.library in lines[0] and "is off" in lines[0] and internal.loses in lines[0], lines
+        assert compat.RENAMED in lines[0], lines
+        if key == "stuck-guard":
+            # And proj health says the guard is off, healthy all the same
+            from test_health import proj_health
+
+            result = proj_health(fresh_queue.url, "--worker", worker.hostname)
+            assert result.returncode == 0 and "guard off:" in result.stdout, result
+    finally:
+        worker.kill()
+
+
+PRODUCER = """
+import sys
+import renamed  # noqa: F401 - the app, this internal's names renamed
+from proj.tasks import send_many, work
+
+results = [work.delay("x.") for _ in range(3)]
+print("results", [r.get(timeout=60) for r in results])
+print("bulk", len(send_many(["a.", "b."])))
+"""
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("key", PRODUCER_SIDE)
+def test_a_producer_without_an_internal_warns_once_and_its_tasks_are_done(key, fresh_queue, start_worker, tmp_path):
+    import subprocess
+    import sys
+
+    # Given a worker, and a producer whose libraries renamed this internal's private names
+    worker = start_worker("plain", fresh_queue.url)
+    internal = compat.renamed(getattr(compat, compat._NAMES[key]))
+    env = dict(os.environ, CELERY_BROKER_URL=fresh_queue.url, **_renamed_env(key))
+
+    # When it sends three tasks with results, then two at once
+    done = subprocess.run(
+        [sys.executable, "-c", PRODUCER], env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path
+    )
+
+    # Then the worker does all five, the results come back, and the producer said once what is off
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "results [1, 1, 1]" in done.stdout and "bulk 2" in done.stdout, done.stdout
+    worker.wait_for_line(" [x] Done", TIMEOUT, count=5)
+    lines = _compat_lines(done.stdout + done.stderr)
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert internal.library in lines[0] and internal.loses in lines[0], lines

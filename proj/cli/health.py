@@ -11,6 +11,11 @@ Usage::
     proj health --worker worker@web-1    # only this one (a compose healthcheck: worker@$(hostname))
 
 Exit status (proj/cli/exits.py): 0 healthy, 1 unhealthy, 2 cannot run (broker unreachable, bad option).
+
+A worker whose guard is off (``PROJ_STUCK_AFTER=0``, or a Celery/billiard/kombu whose internals it
+reads changed: proj/compat.py) still runs tasks: the line says "guard off: <why>" for it and the exit
+status stays 0 unless something else is wrong, since nothing is known to be stuck; a monitor that must
+have the guard can look for "guard off" in the line.
 """
 
 from __future__ import annotations
@@ -79,11 +84,17 @@ def verdict(answers: dict[str, dict], names: list[str], timeout: float, stuck_af
                     f"{host} holds task {held['name']} {held['id']} without running it for {held['seconds']:.0f} s "
                     f"(over {stuck_after:g} s) while a pool process is idle"
                 )
+    notes = [
+        f"{host}: guard {report['guard']}"
+        for host, report in sorted(answers.items())
+        if isinstance(report, dict) and str(report.get("guard", "on")).startswith("off")
+    ]
     if problems:
-        return False, "; ".join(problems)
+        return False, "; ".join(problems + notes)
     held = sum(len(r["held"]) for r in answers.values())
     workers = ", ".join(sorted(answers))
-    return True, f"{workers}: healthy ({held} message(s) waiting to start, none over {stuck_after:g} s)"
+    line = f"{workers}: healthy ({held} message(s) waiting to start, none over {stuck_after:g} s)"
+    return True, "; ".join([line, *notes])
 
 
 @click.command()
