@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 
+from amqp.exceptions import ResourceLocked
 from celery.utils.log import get_logger
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.control import Control as CeleryControl
@@ -134,6 +135,8 @@ class Control(CeleryControl):
 
     def __init__(self, c, **kwargs):
         super().__init__(c, **kwargs)
+        # Celery's step starts its box with ``self.start`` (an attribute it sets to ``box.start``).
+        self.start_box, self.start = self.start, self.start_waiting_for_lock
         if not compat.usable(compat.CONTROL_REPLIES, lambda: compat.control_problem(self), stage="box"):
             return  # Celery's replies, on the consumer's connection
         a = compat.attrs(compat.CONTROL_REPLIES)
@@ -142,6 +145,34 @@ class Control(CeleryControl):
         setattr(
             node, a["Node.reply"], lambda *args, **kw: reply_on_event_connection(c, node, celery_reply, *args, **kw)
         )
+
+    def start_waiting_for_lock(self, c):
+        """Celery's start, waiting out a control queue still held by the connection this worker just lost.
+
+        The worker's control queue (``NAME.celery.pidbox``) is exclusive to its connection. When the node
+        that held the connection dies, a cluster frees the queue once it has seen the connection go; a
+        worker that fails over within milliseconds asks for it first and gets RESOURCE_LOCKED (405, a
+        channel error), which Celery's consumer treats as unrecoverable: the worker exits. Seen on
+        RabbitMQ 4.3 clusters when a node is killed. The declare is tried again with a short pause for
+        :data:`CONTROL_QUEUE_LOCKED_WAIT` seconds; past that, a connection error makes Celery's consumer
+        reconnect and start again, as after any lost connection.
+        """
+        deadline = time.monotonic() + CONTROL_QUEUE_LOCKED_WAIT
+        pause = 0.1
+        while True:
+            try:
+                return self.start_box(c)
+            except ResourceLocked as exc:
+                if time.monotonic() + pause > deadline:
+                    raise ConnectionError(f"the worker's control queue is still locked: {exc}") from exc
+                logger.info("control queue locked by a lost connection, trying again in %.1f s: %s", pause, exc)
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+
+#: Seconds a worker waits for its exclusive control queue to be freed by the cluster before reconnecting:
+#: well under two heartbeats (PROJ_BROKER_HEARTBEAT, 8 s), during which the broker does not hear from it.
+CONTROL_QUEUE_LOCKED_WAIT = 6.0
 
 
 def reply_on_event_connection(c, node, celery_reply, data, exchange, routing_key, ticket, **kwargs) -> None:

@@ -47,7 +47,7 @@ def test_the_app_depends_on_celery_kombu_and_flower_and_the_tooling_is_an_extra(
     # celery, kombu, flower, and the libraries the app reaches into privately, pinned to the tested minors
     assert names(project["dependencies"]) == {"celery", "kombu", "flower", "amqp", "billiard", "vine"}
     assert all("<" in r for r in project["dependencies"]), project["dependencies"]
-    assert names(project["optional-dependencies"]["tools"]) == {"pika", "honcho", "matplotlib", "pyyaml"}
+    assert names(project["optional-dependencies"]["tools"]) == {"pika", "honcho", "matplotlib", "pyyaml", "dramatiq"}
 
 
 def test_the_worker_and_the_producer_load_none_of_the_tooling():

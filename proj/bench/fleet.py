@@ -128,6 +128,17 @@ class Loader:
             app.conf.task_send_sent_event = sent_event
         self.wait_confirms()
 
+    def dramatiq(self, queue: str, bodies: list[str]) -> None:
+        """dramatiq's messages for ``work``, as ``work.send()`` encodes them: persistent, to its queue."""
+        from amqp import Message
+
+        from proj.bench.dramatiq_worker import work
+
+        for body in bodies:
+            encoded = work.message(body).encode()
+            self.channel.basic_publish(Message(encoded, delivery_mode=2), exchange="", routing_key=queue)
+        self.wait_confirms()
+
     def plain(self, queue: str, bodies: list[str]) -> None:
         """The tutorial's messages: a persistent plain-text body to the default exchange."""
         from amqp import Message
@@ -327,3 +338,113 @@ class PikaFleet:
     def stop(self) -> None:
         for w in self.workers:
             w.stop()
+
+
+def dramatiq_available() -> bool:
+    """Whether the optional peer (``pip install 'dramatiq[rabbitmq]'``) can run here."""
+    import importlib.util
+
+    return importlib.util.find_spec("dramatiq") is not None and importlib.util.find_spec("pika") is not None
+
+
+class DramatiqProcess(LoggedProcess):
+    """One ``dramatiq dramatiq_worker --processes 1 --threads 1``: a main process and one worker process.
+
+    The module is linked into a folder of its own and run from there (``python -P -m dramatiq``), so the
+    package ``proj`` (and with it Celery) is not loaded into the peer's processes, as for the pika reference.
+    """
+
+    def __init__(self, name: str, url: str, log_dir: Path, *, seconds_per_dot: float, record: bool = True):
+        from proj.bench import dramatiq_worker as dw
+
+        self.name = name
+        self.record_path = Path(log_dir) / f"{name}.records.json" if record else None
+        module_dir = Path(log_dir) / "dramatiq-module"
+        module_dir.mkdir(parents=True, exist_ok=True)
+        link = module_dir / "dramatiq_worker.py"
+        if not link.exists():
+            link.symlink_to(Path(dw.__file__).resolve())
+        argv = [sys.executable, "-P", "-m", "dramatiq", "dramatiq_worker", "--path", str(module_dir)]
+        argv += ["--processes", "1", "--threads", "1"]
+        env = dict(
+            os.environ,
+            PYTHONUNBUFFERED="1",
+            # Named as proj's workers name it, so whatever finds a run's workers by their broker finds these too.
+            CELERY_BROKER_URL=url,
+            dramatiq_queue_prefetch="1",
+            dramatiq_restart_delay="0",
+            **{dw.URL_ENV: url, dw.SECONDS_PER_DOT_ENV: str(seconds_per_dot)},
+        )
+        if self.record_path:
+            env[dw.RECORD_ENV] = str(self.record_path)
+        super().__init__(argv, Path(log_dir) / f"{name}.log", env, cwd=module_dir)
+        self.worker_pid: int | None = None
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        from proj.bench.dramatiq_worker import READY_LINE
+
+        self.wait_for_line(READY_LINE, timeout)
+        line = next(x for x in self.log().splitlines() if x.startswith(READY_LINE))
+        self.worker_pid = int(line.split()[-1])
+
+    def signal_worker(self, signum: int) -> None:
+        """To the worker process (the one consuming), not to dramatiq's main process (which would stop it)."""
+        if self.alive() and self.worker_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.worker_pid, signum)
+
+
+class DramatiqFleet:
+    """``n`` dramatiq workers (one process and one thread each), paused (SIGUSR2) and resumed (SIGUSR1) by signal."""
+
+    kind = "dramatiq"
+
+    def __init__(self, name: str, url: str, log_dir: Path, n: int, *, seconds_per_dot: float):
+        from proj.bench.dramatiq_worker import QUEUE
+
+        self.queue = QUEUE
+        self.name, self.url, self.log_dir, self.spd = name, url, Path(log_dir), seconds_per_dot
+        self.workers = [self._new(i) for i in range(n)]
+
+    def _new(self, i: int) -> DramatiqProcess:
+        return DramatiqProcess(f"{self.name}{i + 1}", self.url, self.log_dir, seconds_per_dot=self.spd)
+
+    def start(self) -> DramatiqFleet:
+        for w in self.workers:
+            w.start()
+        return self
+
+    def wait_ready(self) -> None:
+        for w in self.workers:
+            w.wait_ready()
+
+    def restart(self, i: int) -> DramatiqProcess:
+        self.workers[i].kill()
+        self.workers[i] = self._new(i).start()
+        return self.workers[i]
+
+    def pause(self) -> None:
+        from proj.bench.dramatiq_worker import PAUSE_SIGNAL
+
+        for w in self.workers:
+            w.signal_worker(PAUSE_SIGNAL)
+
+    def resume(self, n: int | None = None) -> None:
+        from proj.bench.dramatiq_worker import RESUME_SIGNAL
+
+        for w in self.workers[:n]:
+            w.signal_worker(RESUME_SIGNAL)
+
+    def pids(self, n: int | None = None) -> list[int]:
+        """Every process of each worker: dramatiq's main process and its worker process."""
+        pids = []
+        for w in self.workers[:n]:
+            pids += [w.pid, *children_of(w.pid)]
+        return pids
+
+    def log(self) -> str:
+        return "\n".join(w.log()[-2000:] for w in self.workers)
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.kill()

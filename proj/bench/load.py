@@ -1,4 +1,5 @@
-"""Producers for ``proj bench``: ``.delay()`` and the tutorial's pika ``new_task.py``, both with confirms.
+"""Producers for ``proj bench``: ``.delay()``, the tutorial's pika ``new_task.py`` and dramatiq's ``send()``, all
+with confirms.
 
 ``publish_celery`` and ``publish_pika`` time N publishes one at a time (each returns once the broker
 confirmed the message). ``main`` is a steady open-loop producer run as its own process, so its
@@ -72,6 +73,20 @@ def publish_celery(n: int, body: str = "bench", broker_url: str | None = None, *
         return time.perf_counter() - started
 
 
+def publish_dramatiq(url: str, n: int, body: str = "bench") -> float:
+    """Seconds for ``n`` calls of dramatiq's ``work.send(body)``, each confirmed (``confirm_delivery=True``).
+
+    One warm-up send first, so connecting and declaring the queue are not counted."""
+    from proj.bench import dramatiq_worker
+
+    dramatiq_worker.use(url)
+    dramatiq_worker.work.send(body)
+    started = time.perf_counter()
+    for _ in range(n):
+        dramatiq_worker.work.send(body)
+    return time.perf_counter() - started
+
+
 def steady(kind: str, url: str, queue: str, rate: float, seconds: float) -> list[tuple[str, float]]:
     """Publish at ``rate`` per second for ``seconds``; return (message id, enqueue time) per message."""
     count = max(1, int(rate * seconds))
@@ -87,6 +102,11 @@ def steady(kind: str, url: str, queue: str, rate: float, seconds: float) -> list
                 return work.apply_async(args=["bench"], producer=producer, ignore_result=True).id
 
             sent = _schedule(publish, count, rate)
+    elif kind == "dramatiq":
+        from proj.bench import dramatiq_worker
+
+        dramatiq_worker.use(url)
+        sent = _schedule(lambda i: dramatiq_worker.work.send("bench").message_id, count, rate)
     else:
         connection, channel = pika_channel(url, queue)
         try:
@@ -112,7 +132,7 @@ def _schedule(publish, count: int, rate: float) -> list[tuple[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m proj.bench.load", description="steady producer for proj bench")
-    parser.add_argument("--kind", choices=("celery", "pika"), required=True)
+    parser.add_argument("--kind", choices=("celery", "pika", "dramatiq"), required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--queue", required=True)
     parser.add_argument("--rate", type=float, required=True)

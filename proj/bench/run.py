@@ -25,7 +25,17 @@ from pathlib import Path
 
 from kombu import Connection
 
-from proj.bench.fleet import PIKA_QUEUE, CeleryFleet, Loader, PikaFleet, QueueProbe, rss_kib
+from proj.bench.fleet import (
+    PIKA_QUEUE,
+    CeleryFleet,
+    DramatiqFleet,
+    Loader,
+    PikaFleet,
+    QueueProbe,
+    dramatiq_available,
+    rss_kib,
+)
+from proj.bench.report import NO_DRAMATIQ
 from proj.harness.events import EventRecorder
 from proj.harness.processes import children_of
 from proj.harness.stats import percentile
@@ -115,9 +125,26 @@ def versions(node: Node) -> dict:
         "celery": celery.__version__,
         "kombu": kombu.__version__,
         "pika": pika.__version__,
+        "dramatiq": _version("dramatiq"),
         "python": platform.python_version(),
         "machine": platform.machine(),
     }
+
+
+def peer_ratios(row: dict, celery_key: str = "celery", dramatiq_key: str = "dramatiq", pika_key: str = "pika") -> None:
+    """proj / dramatiq and dramatiq / pika next to proj / pika, when dramatiq ran."""
+    if row.get(dramatiq_key):
+        row["ratio_dramatiq"] = row[celery_key] / row[dramatiq_key]
+        row["dramatiq_ratio_pika"] = row[dramatiq_key] / row[pika_key]
+
+
+def _version(distribution: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 #: Runs of one drain before "fewer workers consumed than asked" is an error.
@@ -140,6 +167,8 @@ class Bench:
         self.node: Node | None = None
         self.fleets: list = []
         self.probe: QueueProbe | None = None
+        #: The peer's fleet, None when dramatiq is not installed (its column is skipped).
+        self.dramatiq: DramatiqFleet | None = None
 
     # -- set-up and tear-down -------------------------------------------------------------------
 
@@ -181,8 +210,21 @@ class Bench:
         self.unlimited = CeleryFleet(
             "unlimited", url, logs, W, seconds_per_dot=spd, management_url=mgmt, prefetch_multiplier=0
         )
-        say("starting workers: 4 celery, 4 pika, 2 celery without events, 2 celery with unlimited prefetch")
-        self.start_fleets([self.celery, self.pika, self.no_events, self.unlimited])
+        fleets = [self.celery, self.pika, self.no_events, self.unlimited]
+        if dramatiq_available():
+            self.dramatiq = DramatiqFleet("dramatiq", url, logs, max(DRAIN_WORKERS), seconds_per_dot=spd)
+            fleets.append(self.dramatiq)
+        else:
+            say(NO_DRAMATIQ)
+        peer = ", 4 dramatiq" if self.dramatiq else ""
+        say(f"starting workers: 4 celery, 4 pika{peer}, 2 celery without events, 2 celery with unlimited prefetch")
+        self.start_fleets(fleets)
+
+    def with_peer(self, contenders: dict[str, Callable], measure: Callable) -> dict[str, Callable]:
+        """``contenders`` plus ``dramatiq: measure(self.dramatiq)`` in the same rotation, when it is installed."""
+        if self.dramatiq is not None:
+            contenders["dramatiq"] = lambda: measure(self.dramatiq)
+        return contenders
 
     def close(self) -> None:
         for fleet in self.fleets:
@@ -209,6 +251,8 @@ class Bench:
         try:
             if fleet.kind == "celery":
                 loader.celery_tasks(messages, ignore_result=ignore_result)
+            elif fleet.kind == "dramatiq":
+                loader.dramatiq(fleet.queue, messages)
             else:
                 loader.plain(fleet.queue, messages)
         finally:
@@ -263,26 +307,27 @@ class Bench:
         no_ops = ["bench"] * plan.drain_tasks
         rows, events = [], {}
         for w in DRAIN_WORKERS:
-            say(f"drain: {plan.drain_tasks} no-op tasks, {w} worker process(es), celery vs pika, {plan.reps} runs each")
-            contenders = {
-                "celery": lambda w=w: self.drain(self.celery, w, no_ops),
-                "pika": lambda w=w: self.drain(self.pika, w, no_ops),
-            }
+            say(
+                f"drain: {plan.drain_tasks} no-op tasks, {w} worker process(es), celery vs pika"
+                f"{' vs dramatiq' if self.dramatiq else ''}, {plan.reps} runs each"
+            )
+            contenders = self.with_peer(
+                {
+                    "celery": lambda w=w: self.drain(self.celery, w, no_ops),
+                    "pika": lambda w=w: self.drain(self.pika, w, no_ops),
+                },
+                lambda fleet, w=w: self.drain(fleet, w, no_ops),
+            )
             if w == W:
                 # Events' cost: the same workers with worker_send_task_events = False, in the same rotation.
                 contenders["celery_no_events"] = lambda: self.drain(self.no_events, W, no_ops)
             runs = self.alternate(contenders, plan.reps)
             celery, pika = statistics.median(runs["celery"]), statistics.median(runs["pika"])
-            rows.append(
-                {
-                    "workers": w,
-                    "tasks": plan.drain_tasks,
-                    "celery": celery,
-                    "pika": pika,
-                    "ratio": celery / pika,
-                    "runs": runs,
-                }
-            )
+            row = {"workers": w, "tasks": plan.drain_tasks, "celery": celery, "pika": pika, "ratio": celery / pika}
+            if "dramatiq" in runs:
+                row["dramatiq"] = statistics.median(runs["dramatiq"])
+                peer_ratios(row)
+            rows.append({**row, "runs": runs})
             if w == W:
                 off = statistics.median(runs["celery_no_events"])
                 events = {
@@ -299,10 +344,19 @@ class Bench:
         plan = self.plan
         tasks = ["."] * plan.short_tasks
         say(f"short tasks: {plan.short_tasks} tasks of 10 ms, {W} worker processes, {plan.reps} runs each")
-        sampler = RssSampler({"celery": lambda: self.celery.workers[0], "pika": lambda: self.pika.workers[0]})
+        watched = {"celery": lambda: self.celery.workers[0], "pika": lambda: self.pika.workers[0]}
+        if self.dramatiq is not None:
+            watched["dramatiq"] = lambda: self.dramatiq.workers[0]
+        sampler = RssSampler(watched)
         with sampler:
             runs = self.alternate(
-                {"celery": lambda: self.drain(self.celery, W, tasks), "pika": lambda: self.drain(self.pika, W, tasks)},
+                self.with_peer(
+                    {
+                        "celery": lambda: self.drain(self.celery, W, tasks),
+                        "pika": lambda: self.drain(self.pika, W, tasks),
+                    },
+                    lambda fleet: self.drain(fleet, W, tasks),
+                ),
                 plan.reps,
             )
         ceiling = W / (1 * SECONDS_PER_DOT)
@@ -318,11 +372,15 @@ class Bench:
             "pika_ratio": pika / ceiling,
             "runs": runs,
         }
+        if "dramatiq" in runs:
+            short["dramatiq"] = statistics.median(runs["dramatiq"])
+            short["dramatiq_ratio"] = short["dramatiq"] / ceiling
+            short["ratio_dramatiq"] = celery / short["dramatiq"]
         return short, sampler.peaks
 
     def section_publish(self) -> dict:
         """``.delay()`` with confirms vs pika's confirmed ``basic_publish``, one message at a time."""
-        from proj.bench.load import publish_celery, publish_pika
+        from proj.bench.load import publish_celery, publish_dramatiq, publish_pika
         from proj.celery import app
 
         n, url = self.plan.publish_messages, self.node.url
@@ -339,12 +397,16 @@ class Bench:
                 app.conf.task_send_sent_event = sent_event
 
         runs = self.alternate(
-            {
-                "celery": lambda: n / publish_celery(n, broker_url=url),
-                "pika": lambda: n / publish_pika(self.node.url, PIKA_QUEUE, n),
-                "celery_ignore_result": lambda: n / publish_celery(n, broker_url=url, ignore_result=True),
-                "celery_no_sent_event": without_sent_event,
-            },
+            self.with_peer(
+                {
+                    "celery": lambda: n / publish_celery(n, broker_url=url),
+                    "pika": lambda: n / publish_pika(self.node.url, PIKA_QUEUE, n),
+                    "celery_ignore_result": lambda: n / publish_celery(n, broker_url=url, ignore_result=True),
+                    "celery_no_sent_event": without_sent_event,
+                },
+                # dramatiq's work.send(), confirmed one at a time (confirm_delivery=True)
+                lambda fleet: n / publish_dramatiq(url, n),
+            ),
             self.plan.reps,
         )
         # The same connection publishing with its confirms pipelined (what filled the queues above):
@@ -356,10 +418,16 @@ class Bench:
             loader.celery_tasks(["bench"] * n)
             batch.append(n / (time.perf_counter() - started))
             loader.close()
-        for fleet in (self.celery, self.pika):
-            self.probe.purge(fleet.queue)
+        for fleet in (self.celery, self.pika, self.dramatiq):
+            if fleet is not None:
+                self.probe.purge(fleet.queue)
         med = {name: statistics.median(values) for name, values in runs.items()}
+        peer = {}
+        if "dramatiq" in med:
+            peer = {"dramatiq": med["dramatiq"], "celery": med["celery"], "pika": med["pika"]}
+            peer_ratios(peer)
         return {
+            **peer,
             "messages": n,
             "celery": med["celery"],
             "pika": med["pika"],
@@ -374,10 +442,14 @@ class Bench:
         """At a steady load of half the Celery capacity (W = 2): enqueue->start and enqueue->done."""
         plan = self.plan
         rate = capacity / 2
-        say(f"latency: {rate:.0f} tasks/s for {plan.latency_seconds:.0f} s on {W} workers, celery vs pika")
-        samples = {k: {"start": [], "done": [], "offered": []} for k in ("celery", "pika")}
+        fleets = [f for f in (self.celery, self.pika, self.dramatiq) if f is not None]
+        say(
+            f"latency: {rate:.0f} tasks/s for {plan.latency_seconds:.0f} s on {W} workers, "
+            + " vs ".join(f.kind for f in fleets)
+        )
+        samples = {f.kind: {"start": [], "done": [], "offered": []} for f in fleets}
         for _ in range(plan.latency_reps):
-            for fleet in (self.celery, self.pika):
+            for fleet in fleets:
                 start, done, offered = self.latency_run(fleet, rate, plan.latency_seconds)
                 samples[fleet.kind]["start"] += start
                 samples[fleet.kind]["done"] += done
@@ -395,6 +467,9 @@ class Bench:
             }
         for key in ("start_p50", "start_p99", "done_p50", "done_p99"):
             result[f"ratio_{key}"] = result["celery"][key] / result["pika"][key]
+            if "dramatiq" in result:
+                result[f"ratio_dramatiq_{key}"] = result["celery"][key] / result["dramatiq"][key]
+                result[f"dramatiq_ratio_pika_{key}"] = result["dramatiq"][key] / result["pika"][key]
         return result
 
     def latency_run(self, fleet, rate: float, seconds: float) -> tuple[list[float], list[float], float]:
@@ -426,7 +501,7 @@ class Bench:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{fleet.kind} latency run: messages still unacknowledged after 60 s")
                 time.sleep(0.1)
-            done = events.read(set(enqueued)) if events is not None else self.pika_records(enqueued)
+            done = events.read(set(enqueued)) if events is not None else self.records(fleet, enqueued)
         finally:
             if events is not None:
                 events.close()
@@ -437,22 +512,22 @@ class Bench:
         offered = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else rate
         return start, finish, offered
 
-    def pika_records(self, enqueued: dict) -> dict[str, tuple[float, float]]:
-        """Pause the pika workers and read the (id, start, done) each wrote at the pause."""
-        lines_before = {w.name: _line_count(w.record_path) for w in self.pika.workers}
-        self.pika.pause()
+    def records(self, fleet, enqueued) -> dict[str, tuple[float, float]]:
+        """Pause the pika (or dramatiq) workers and read the (id, start, done) each wrote at the pause."""
+        lines_before = {w.name: _line_count(w.record_path) for w in fleet.workers}
+        fleet.pause()
         records: dict[str, tuple[float, float]] = {}
         deadline = time.monotonic() + 60
-        for w in self.pika.workers:
+        for w in fleet.workers:
             while _line_count(w.record_path) <= lines_before[w.name]:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"pika worker {w.name} wrote no records at its pause")
+                    raise TimeoutError(f"{fleet.kind} worker {w.name} wrote no records at its pause")
                 time.sleep(0.02)
             last = w.record_path.read_text().splitlines()[-1]
             records.update({mid: (start, done) for mid, start, done in json.loads(last)})
         missing = set(enqueued) - set(records)
         if missing:
-            raise RuntimeError(f"{len(missing)} pika messages were not recorded as done")
+            raise RuntimeError(f"{len(missing)} {fleet.kind} messages were not recorded as done")
         return records
 
     def section_dispatch(self) -> dict:
@@ -471,16 +546,21 @@ class Bench:
             "prefetch 1 vs unlimited"
         )
         runs = self.alternate(
-            {
-                "prefetch_1": lambda: self.makespan(self.celery, workload),
-                "unlimited": lambda: self.makespan(self.unlimited, workload),
-            },
+            self.with_peer(
+                {
+                    "prefetch_1": lambda: self.makespan(self.celery, workload),
+                    "unlimited": lambda: self.makespan(self.unlimited, workload),
+                },
+                lambda fleet: self.makespan_dramatiq(fleet, workload),
+            ),
             plan.dispatch_reps,
         )
         result = {"workers": W, "tasks": len(workload), "lower_bound": bound, "runs": runs}
         for name, values in runs.items():
             result[name] = statistics.median(values)
             result[f"{name}_ratio"] = result[name] / bound
+        if "dramatiq" in result:
+            result["ratio_dramatiq"] = result["prefetch_1"] / result["dramatiq"]
         return result
 
     def makespan(self, fleet: CeleryFleet, workload: list[str]) -> float:
@@ -503,11 +583,35 @@ class Bench:
         self.pause(fleet)
         return max(t.succeeded[-1][1] for t in tasks) - min(t.started[0][1] for t in tasks)
 
+    def makespan_dramatiq(self, fleet: DramatiqFleet, workload: list[str]) -> float:
+        """The same for dramatiq: ``work.send()`` to running workers, times from the workers' records."""
+        from proj.bench import dramatiq_worker
+
+        fleet.resume(W)
+        self.probe.wait(fleet.queue, lambda ready, consumers: consumers == W, 60, "workers consuming")
+        dramatiq_worker.use(self.node.url)
+        ids = {dramatiq_worker.work.send(m).message_id: None for m in workload}
+        self.probe.wait(fleet.queue, lambda ready, consumers: ready == 0, TIMEOUT, "dispatch workload handed out")
+        self._wait_acked(fleet, "dispatch")
+        done = self.records(fleet, ids)
+        self.pause(fleet)
+        return max(done[i][1] for i in ids) - min(done[i][0] for i in ids)
+
+    def _wait_acked(self, fleet, what: str) -> None:
+        """Every message of ``fleet``'s queue acked (the broker's statistics lag by up to a second)."""
+        mgmt = Management(self.node.management_url)
+        deadline = time.monotonic() + TIMEOUT
+        while mgmt.counts(fleet.queue) != (0, 0):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{fleet.kind} {what}: messages still unacknowledged after {TIMEOUT} s")
+            time.sleep(0.1)
+
     def section_redelivery(self) -> dict:
         """SIGKILL the main process of the worker running a task; time until another worker starts it.
 
         A fresh task for every kill (proj's consumer dead-letters a message after PROJ_MAX_DELIVERIES
-        deliveries), and every worker up and idle before each kill.
+        deliveries), and every worker up and idle before each kill. dramatiq's kills alternate with
+        proj's: its worker process (the one holding the consumer and running the task) is killed.
         """
         from kombu import Connection
 
@@ -516,11 +620,17 @@ class Bench:
         kills = self.plan.kills
         fleet = self.celery
         everyone = len(fleet.workers)
-        say(f"redelivery: {kills} SIGKILLs of the worker running a task, {everyone} workers")
+        say(
+            f"redelivery: {kills} SIGKILLs of the worker running a task, {everyone} workers"
+            + (", celery and dramatiq alternated" if self.dramatiq else "")
+        )
         long_task = "redelivery" + "." * 300  # 3 s: still running when its worker is killed
         delays: list[float] = []
+        peer: list[float] = []
         with EventRecorder(self.node.url) as recorder:
             fleet.resume()
+            if self.dramatiq is not None:
+                self.dramatiq.resume()
             for k in range(kills):
                 self.probe.wait(fleet.queue, lambda r, consumers: consumers == everyone, 120, "every worker consuming")
                 with Connection(self.node.url, transport_options={"confirm_publish": True}) as conn:
@@ -539,21 +649,80 @@ class Bench:
                 # The killed worker's orphaned pool child goes with its process group; a new worker takes
                 # its place, and the task finishes before the next kill, so every worker is idle again.
                 fleet.restart(runner).wait_ready(120)
+                if self.dramatiq is not None:
+                    peer.append(self.redeliver_dramatiq(long_task, k))
                 recorder.wait_for(lambda r, t=task_id: r.tasks[t].done, 120, f"task {k + 1} done")
         self.pause(fleet)
-        return {
+        result = {
             "kills": len(delays),
             "p50": percentile(delays, 50),
             "p99": percentile(delays, 99),
             "max": max(delays),
             "samples": delays,
         }
+        if peer:
+            self.pause(self.dramatiq)
+            result["dramatiq"] = {
+                "kills": len(peer),
+                "p50": percentile(peer, 50),
+                "p99": percentile(peer, 99),
+                "max": max(peer),
+                "samples": peer,
+            }
+            result["ratio_dramatiq_p50"] = result["p50"] / result["dramatiq"]["p50"]
+            result["ratio_dramatiq_p99"] = result["p99"] / result["dramatiq"]["p99"]
+        return result
+
+    def redeliver_dramatiq(self, long_task: str, k: int) -> float:
+        """One dramatiq kill: the task's start announced in a worker's log, that worker process SIGKILLed,
+        the seconds until another worker announces it; then the killed worker replaced and the task done."""
+        from proj.bench import dramatiq_worker as dw
+
+        fleet = self.dramatiq
+        everyone = len(fleet.workers)
+        self.probe.wait(fleet.queue, lambda r, consumers: consumers == everyone, 120, "every dramatiq worker consuming")
+        dw.use(self.node.url)
+        message_id = dw.work.send(long_task).message_id
+
+        def starts() -> list[tuple[int, float]]:
+            found = []
+            for i, w in enumerate(fleet.workers):
+                for line in w.log().splitlines():
+                    if line.startswith(f"{dw.STARTED} {message_id} "):
+                        found.append((i, float(line.split()[-1])))
+            return sorted(found, key=lambda x: x[1])
+
+        deadline = time.monotonic() + 60
+        while not starts():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"dramatiq task {k + 1} not started within 60 s")
+            time.sleep(0.005)
+        runner = starts()[0][0]
+        killed_at = time.time()
+        os.kill(fleet.workers[runner].worker_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while len(starts()) < 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"dramatiq task {k + 1} not started again within 60 s of the kill")
+            time.sleep(0.005)
+        delay = starts()[1][1] - killed_at
+        new = fleet.restart(runner)
+        new.wait_ready(120)
+        new.signal_worker(dw.RESUME_SIGNAL)  # it consumes from boot; resumed in case the fleet was paused
+        self.probe.wait(fleet.queue, lambda ready, consumers: ready == 0, 60, f"dramatiq task {k + 1} taken")
+        self._wait_acked(fleet, f"redelivery {k + 1}")
+        return delay
 
     def section_memory_idle(self) -> dict:
         return {
             "celery_idle_kib": rss_kib(self.celery.pids(1)),
             "pika_idle_kib": rss_kib(self.pika.pids(1)),
             "celery_processes": len(self.celery.pids(1)),
+            **(
+                {"dramatiq_idle_kib": rss_kib(self.dramatiq.pids(1)), "dramatiq_processes": len(self.dramatiq.pids(1))}
+                if self.dramatiq is not None
+                else {}
+            ),
         }
 
 
@@ -655,6 +824,8 @@ def run(plan: Plan, work_dir: Path | None = None) -> dict:
         drain, events = bench.section_drain()
         short, busy = bench.section_short()
         memory.update({"celery_busy_kib": busy["celery"], "pika_busy_kib": busy["pika"]})
+        if "dramatiq" in busy:
+            memory["dramatiq_busy_kib"] = busy["dramatiq"]
         capacity = next(row["celery"] for row in drain if row["workers"] == W)
         latency = bench.section_latency(capacity)
         dispatch = bench.section_dispatch()

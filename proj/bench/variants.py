@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import threading
 
-from proj.bench.fleet import CeleryFleet
+from proj.bench.fleet import CeleryFleet, DramatiqFleet, PikaFleet, dramatiq_available, rss_kib
+from proj.bench.report import NO_DRAMATIQ
 from proj.bench.run import SECONDS_PER_DOT, Bench, Plan, W, say
+
+#: The contenders every variant is also compared with, in the same rotation (not Celery settings).
+PEERS = ("pika", "dramatiq")
 
 
 @dataclasses.dataclass
@@ -76,6 +81,13 @@ VARIANTS = [
         concurrency=2,
     ),
     Variant(
+        "threads pool + watchdog",
+        "-P threads -c 1 with proj.bench.watchdog: the hard time limit kept by a watchdog thread that records "
+        "the failure, acks, and ends the process (its supervisor restarts it); heartbeats, remote control and "
+        "events go on during a task",
+        extra_args=("-P", "threads", "--include", "proj.bench.watchdog"),
+    ),
+    Variant(
         "results wanted",
         "messages sent like .delay() (not ignore_result): each result is published back over rpc://",
         results=True,
@@ -83,7 +95,34 @@ VARIANTS = [
 ]
 
 
+class FleetRss:
+    """Peak resident memory of every process of each fleet, summed per fleet, sampled every 0.1 s."""
+
+    def __init__(self, fleets: dict):
+        self.fleets = fleets
+        self.peaks = {name: 0 for name in fleets}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for name, fleet in self.fleets.items():
+                self.peaks[name] = max(self.peaks[name], rss_kib(fleet.pids()))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 def run(plan: Plan, names: list[str] | None = None, work_dir=None) -> dict:
+    unknown = set(names or ()) - {v.name for v in VARIANTS} - set(PEERS)
+    if unknown:
+        known = ", ".join(v.name for v in VARIANTS)
+        raise RuntimeError(f"no such variant: {', '.join(sorted(unknown))} (known: {known})")
     chosen = [v for v in VARIANTS if names is None or v.name in names or v.name == "default"]
     bench = Bench(plan, work_dir)
     try:
@@ -103,45 +142,81 @@ def run(plan: Plan, names: list[str] | None = None, work_dir=None) -> dict:
                 concurrency=v.concurrency,
                 extra_args=v.extra_args,
             )
-        say(f"starting {sum(len(f.workers) for f in fleets.values())} celery workers for {len(chosen)} variants")
+        peers = {"pika": PikaFleet("vpika-", url, logs, W, seconds_per_dot=SECONDS_PER_DOT)}
+        if dramatiq_available():
+            peers["dramatiq"] = DramatiqFleet("vdramatiq-", url, logs, W, seconds_per_dot=SECONDS_PER_DOT)
+        else:
+            say(NO_DRAMATIQ)
+        fleets.update(peers)
+        say(
+            f"starting {sum(len(f.workers) for f in fleets.values())} workers for {len(chosen)} variants "
+            f"and {', '.join(peers)}"
+        )
         bench.start_fleets(list(fleets.values()))
-        results = {}
+        idle = {name: rss_kib(fleet.pids()) for name, fleet in fleets.items()}
+        results, busy = {}, {}
         for label, messages in (("no-op", ["bench"] * plan.drain_tasks), ("10 ms", ["."] * plan.short_tasks)):
             say(f"variants: {len(messages)} {label} tasks on {W} processes, {plan.reps} rotations")
-            runs = bench.alternate(
-                {
-                    v.name: lambda v=v: bench.drain(
-                        fleets[v.name], len(fleets[v.name].workers), messages, ignore_result=not v.results
-                    )
-                    for v in chosen
-                },
-                plan.reps,
-            )
+            contenders = {
+                v.name: lambda v=v: bench.drain(
+                    fleets[v.name], len(fleets[v.name].workers), messages, ignore_result=not v.results
+                )
+                for v in chosen
+            }
+            contenders.update({name: lambda name=name: bench.drain(fleets[name], W, messages) for name in peers})
+            sampler = FleetRss(fleets) if label == "10 ms" else None
+            if sampler:
+                sampler.__enter__()
+            try:
+                runs = bench.alternate(contenders, plan.reps)
+            finally:
+                if sampler:
+                    sampler.__exit__()
+            busy = sampler.peaks if sampler else busy
             results[label] = {name: statistics.median(values) for name, values in runs.items()}
             results[f"{label} runs"] = runs
     finally:
         bench.close()
     rows = []
-    for v in chosen:
-        row = {"name": v.name, "means": v.means}
+    means = {v.name: v.means for v in chosen}
+    means.update(
+        pika="the tutorial's worker.py (pika), the reference",
+        dramatiq="the peer: dramatiq --processes 1 --threads 1 per worker",
+    )
+    for name in [*(v.name for v in chosen), *peers]:
+        row = {"name": name, "means": means[name], "idle_kib": idle[name], "busy_kib": busy[name]}
         for label in ("no-op", "10 ms"):
-            row[label] = results[label][v.name]
-            row[f"{label} ratio"] = results[label][v.name] / results[label]["default"]
+            row[label] = results[label][name]
+            row[f"{label} ratio"] = results[label][name] / results[label]["default"]
+            for peer in peers:
+                row[f"{label} vs {peer}"] = results[label][name] / results[label][peer]
         rows.append(row)
-    return {"workers": W, "variants": rows, "runs": {k: v for k, v in results.items() if k.endswith("runs")}}
+    return {
+        "workers": W,
+        "peers": list(peers),
+        "variants": rows,
+        "runs": {k: v for k, v in results.items() if k.endswith("runs")},
+    }
 
 
 def markdown(figures: dict) -> str:
+    peers = figures.get("peers", [])
+    vs = "".join(f" / {p}" for p in peers)
     lines = [
-        f"Variants on W = {figures['workers']} worker processes (tasks/s, and the ratio to the default, "
-        "in the same rotation):",
+        f"Variants on W = {figures['workers']} worker processes (tasks/s, and the ratio to the default{vs}, "
+        "in the same rotation; memory: RSS of every process of the W workers, summed):",
         "",
-        "| Variant | no-op tasks/s | ratio | 10 ms tasks/s | ratio | what it changes |",
-        "|---|---:|---:|---:|---:|---|",
+        f"| Variant | no-op tasks/s | ratio to default{vs} | 10 ms tasks/s | ratio to default{vs} | "
+        "RSS idle / busy | what it changes |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in figures["variants"]:
+        ratios = {
+            label: " / ".join(f"{row[k]:.2f}" for k in [f"{label} ratio", *(f"{label} vs {p}" for p in peers)])
+            for label in ("no-op", "10 ms")
+        }
         lines.append(
-            f"| {row['name']} | {row['no-op']:,.0f} | {row['no-op ratio']:.2f} | {row['10 ms']:,.0f} | "
-            f"{row['10 ms ratio']:.2f} | {row['means']} |"
+            f"| {row['name']} | {row['no-op']:,.0f} | {ratios['no-op']} | {row['10 ms']:,.0f} | {ratios['10 ms']} | "
+            f"{row['idle_kib'] / 1024:.0f} / {row['busy_kib'] / 1024:.0f} MiB | {row['means']} |"
         )
     return "\n".join(lines) + "\n"

@@ -42,6 +42,12 @@ from proj.cli.exits import CANNOT_RUN, INTERRUPTED
     help="Instead: drain throughput of the shipped settings against one change at a time (events, pool, ...).",
 )
 @click.option(
+    "--variant",
+    "variant_names",
+    multiple=True,
+    help="With --variants: only this one (repeatable), beside the default, pika and dramatiq.",
+)
+@click.option(
     "--profile",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -73,6 +79,7 @@ def bench(
     out: Path | None,
     scale: float,
     variants: bool,
+    variant_names: tuple[str, ...],
     profile: Path | None,
     cluster_size: int | None,
     soak_seconds: float | None,
@@ -108,7 +115,7 @@ def bench(
         elif profile is not None:
             figures = profile_mod.run(plan, profile, work_dir)
         elif variants:
-            figures = variants_mod.run(plan, work_dir=work_dir)
+            figures = variants_mod.run(plan, list(variant_names) or None, work_dir=work_dir)
         else:
             figures = run(plan, work_dir)
     except BrokerError as exc:
