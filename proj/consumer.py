@@ -150,12 +150,13 @@ class Control(CeleryControl):
         """Celery's start, waiting out a control queue still held by the connection this worker just lost.
 
         The worker's control queue (``NAME.celery.pidbox``) is exclusive to its connection. When the node
-        that held the connection dies, a cluster frees the queue once it has seen the connection go; a
+        that held the connection dies, the cluster frees the queue once it has seen that connection go; a
         worker that fails over within milliseconds asks for it first and gets RESOURCE_LOCKED (405, a
-        channel error), which Celery's consumer treats as unrecoverable: the worker exits. Seen on
-        RabbitMQ 4.3 clusters when a node is killed. The declare is tried again with a short pause for
-        :data:`CONTROL_QUEUE_LOCKED_WAIT` seconds; past that, a connection error makes Celery's consumer
-        reconnect and start again, as after any lost connection.
+        channel error), which Celery's consumer treats as unrecoverable: the worker exits. On RabbitMQ 4.3
+        clusters the queue stays locked until the killed node is back (seen: minutes). The declare is
+        tried again for :data:`CONTROL_QUEUE_LOCKED_WAIT` seconds; past that the worker goes on without
+        remote control (one warning: ``celery inspect`` and Flower's worker list do not reach it, its task
+        events still flow), and takes it up again at its next connection.
         """
         deadline = time.monotonic() + CONTROL_QUEUE_LOCKED_WAIT
         pause = 0.1
@@ -164,7 +165,12 @@ class Control(CeleryControl):
                 return self.start_box(c)
             except ResourceLocked as exc:
                 if time.monotonic() + pause > deadline:
-                    raise ConnectionError(f"the worker's control queue is still locked: {exc}") from exc
+                    logger.warning(
+                        "remote control is off until the next connection: the control queue is still locked "
+                        "by the connection this worker lost (%s); tasks are consumed as usual",
+                        exc,
+                    )
+                    return None
                 logger.info("control queue locked by a lost connection, trying again in %.1f s: %s", pause, exc)
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)

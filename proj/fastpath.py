@@ -174,7 +174,7 @@ def send(task, message: str, options):
                 )
             ):
                 raise Unavailable("off (proj.compat)")
-            _ready(conn, channel, app.amqp.queues[config.QUEUE_NAME])
+            _ready(conn, channel, app.amqp.queues[config.QUEUE_NAME], pooled=producer is None and connection is None)
             template = _template(app, channel, amqp_conn.frame_max, app.thread_oid, ignore_result)
             argsrepr = template.argsrepr(message)
             data = template.frames(task_id, message, argsrepr)
@@ -219,12 +219,19 @@ _unready: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 UNREADY_LIMIT = 3
 
 
-def _ready(conn, channel, queue) -> None:
-    """Raise Unavailable unless ``conn`` has declared task_queue and ``channel`` selected confirms."""
+def _ready(conn, channel, queue, pooled: bool = True) -> None:
+    """Raise Unavailable unless ``conn`` has declared task_queue and ``channel`` selected confirms.
+
+    Only the app's own pooled producers count towards turning the fast path off: a caller's producer
+    or connection (its own channel, perhaps without confirms or declarations) may never be ready, and
+    says nothing about the libraries.
+    """
     selected = getattr(channel, compat.attrs(compat.CONFIRMS)["Channel._confirm_selected"], False)
     if selected and hash(queue) in compat.declared(conn):
         _unready.pop(conn, None)
         return
+    if not pooled:
+        raise Unavailable("the caller's producer: task_queue not declared on it, or confirms not selected")
     seen = _unready[conn] = _unready.get(conn, 0) + 1
     if seen > UNREADY_LIMIT:
         compat.turned_off(

@@ -267,3 +267,25 @@ def test_a_producer_without_an_internal_warns_once_and_its_tasks_are_done(key, f
     lines = _compat_lines(done.stdout + done.stderr)
     assert len(lines) == 1, done.stderr[-3000:]
     assert internal.library in lines[0] and internal.loses in lines[0], lines
+
+
+@pytest.mark.broker
+def test_a_callers_own_producer_never_turns_the_fast_path_off(fresh_queue, capfd):
+    # Given a caller's own producer on a channel where task_queue was never declared (as proj bench's loader)
+    from kombu import Connection, Producer
+
+    from proj.tasks import work
+
+    assert not compat.is_off(compat.FAST_PATH)
+    with Connection(fresh_queue.url) as conn:
+        channel = conn.channel()
+        channel.confirm_select()
+        producer = Producer(channel, auto_declare=False)
+
+        # When it sends more tasks than the fast path's "never ready" allowance
+        for n in range(6):
+            work.apply_async(args=[f"Task {n}."], producer=producer, ignore_result=True)
+
+    # Then they all went Celery's way, and nothing says a library changed: the fast path stays on
+    assert not compat.is_off(compat.FAST_PATH), compat.off()
+    assert "proj.compat:" not in capfd.readouterr().err
