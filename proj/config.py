@@ -72,7 +72,18 @@ MANAGEMENT_URL = os.environ.get("PROJ_MANAGEMENT_URL") or None
 #: A SQLite file where ``proj.tasks.work`` records every start and finish (``proj chaos`` counts them).
 LEDGER = os.environ.get("PROJ_LEDGER") or None
 
-#: The folder holding ``rabbitmq-server`` and ``rabbitmqctl`` for proj's private nodes (default: the system's).
+#: The RabbitMQ of proj's private nodes (``proj broker``, demo, lab, bench, chaos, the tests): ``4.3``, the
+#: current release, run from a Debian forky root filesystem under bubblewrap (``./dev.sh setup`` builds it),
+#: or ``3.10``, Debian 12's own rabbitmq-server package on the host.
+RABBITMQ = _env("PROJ_RABBITMQ", "4.3", choices=("4.3", "3.10"))
+
+#: Where the RabbitMQ 4.3 root filesystem is (built once by dev.sh, kept between runs, outside the repository).
+RABBITMQ_ROOTFS = os.environ.get("PROJ_RABBITMQ_ROOTFS") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "proj", "rabbitmq-4.3-rootfs"
+)
+
+#: The folder holding ``rabbitmq-server`` and ``rabbitmqctl`` of a RabbitMQ of your own, run on the host for
+#: proj's private nodes whatever PROJ_RABBITMQ says (default: unset, PROJ_RABBITMQ chooses).
 RABBITMQ_BIN = os.environ.get("PROJ_RABBITMQ_BIN") or None
 
 #: Seconds between AMQP heartbeats: a silent connection is given up after two of them (broker_heartbeat).

@@ -20,6 +20,7 @@ import pytest
 from helpers import TIMEOUT, wait_until
 from kombu import Connection, Exchange, Producer, Queue
 
+from proj import config
 from proj.rabbit.node import STATE_FILE, Node, free_port, port_is_free
 
 PROJ = Path(sys.executable).with_name("proj")
@@ -222,8 +223,9 @@ def test_started_node_serves_amqp_on_loopback_keeps_its_files_in_the_data_dir_an
         "broker", "start", "--data-dir", str(data_dir), "--port", str(port), "--management-port", str(management_port)
     )
 
-    # Then it says how to reach it
+    # Then it says which RabbitMQ it started (PROJ_RABBITMQ: 4.3 by default) and how to reach it
     assert started.returncode == 0, started.stderr
+    assert started.stdout.startswith(f" [*] RabbitMQ {config.RABBITMQ}."), started.stdout
     url = f"amqp://guest:guest@127.0.0.1:{port}//"
     assert url in started.stdout
     # And status finds it on those ports
@@ -467,4 +469,62 @@ def test_start_without_rabbitmq_installed_says_how_to_install_it(tmp_path, nodes
     assert len(lines) == 1, result.stderr
     assert "apt-get install" in lines[0] and "rabbitmq-server" in lines[0]
     assert "Traceback" not in result.stderr
+    assert port_is_free(port)
+
+
+def test_start_of_rabbitmq_43_not_built_says_how_to_build_it_or_choose_310(tmp_path, nodes):
+    # Given no RabbitMQ 4.3 root filesystem where PROJ_RABBITMQ_ROOTFS points
+    data_dir = nodes.data_dir(tmp_path / "node")
+    env = cli_env(PROJ_RABBITMQ="4.3", PROJ_RABBITMQ_ROOTFS=str(tmp_path / "no-rootfs"))
+    env.pop("PROJ_RABBITMQ_BIN", None)
+    port, management_port = node_ports()
+
+    # When a node is started
+    result = proj(
+        "broker",
+        "start",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--management-port",
+        str(management_port),
+        env=env,
+        timeout=TIMEOUT,
+    )
+
+    # Then it says, in one line, how to build it and how to run 3.10 instead, and leaves nothing behind
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "./dev.sh setup" in lines[0] and "PROJ_RABBITMQ=3.10" in lines[0] and str(tmp_path / "no-rootfs") in lines[0]
+    assert not data_dir.exists()
+
+
+def test_data_of_another_rabbitmq_release_is_refused_in_one_line(tmp_path, nodes):
+    # Given a data dir whose node last ran another release than PROJ_RABBITMQ's (4.3 cannot open 3.10's data)
+    other = "3.10.8" if config.RABBITMQ == "4.3" else "4.3.6"
+    data_dir = nodes.data_dir(tmp_path / "node")
+    (data_dir / "mnesia").mkdir(parents=True)
+    (data_dir / STATE_FILE).write_text(json.dumps({"node": {}, "rabbitmq": other}))
+    port, management_port = node_ports()
+
+    # When a node is started there
+    result = proj(
+        "broker",
+        "start",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--management-port",
+        str(management_port),
+        timeout=TIMEOUT,
+    )
+
+    # Then it refuses in one line naming both releases and the setting that starts the data's own
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"RabbitMQ {other}" in lines[0] and f"PROJ_RABBITMQ={other.rsplit('.', 1)[0]}" in lines[0], lines[0]
     assert port_is_free(port)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from helpers import TIMEOUT, channel_of, effective_prefetch, publish, queue_depth, wait_until
 from kombu import Connection
 
@@ -174,3 +175,22 @@ def test_delay_from_another_thread_reaches_task_queue(fresh_queue):
     thread.join(TIMEOUT)
     # Then the task is in task_queue, not in a queue of Celery's fallback app that nobody consumes
     assert sent and queue_depth(fresh_queue.url) == 1
+
+
+def test_proj_uses_no_deprecated_rabbitmq_feature(fresh_queue, start_worker, recorder):
+    # Given a worker that ran a task whose result came back (rpc://), with its events recorded and
+    # answering remote control (its pidbox queue): what a worker, a producer and Flower declare and consume
+    start_worker("w1", fresh_queue.url)
+    assert work.delay("Deprecated?.").get(timeout=TIMEOUT) == 1
+    recorder.wait_for(lambda r: any(t.succeeded for t in r.tasks.values()), TIMEOUT, "task-succeeded")
+    assert app.control.ping(timeout=5)
+
+    # When the node is asked which deprecated features have been used (RabbitMQ 3.13 and later: global QoS,
+    # transient non-exclusive queues, ...; 3.10 has no such list)
+    if tuple(int(x) for x in fresh_queue.version.split(".")[:2]) < (3, 13):
+        pytest.skip(f"RabbitMQ {fresh_queue.version} keeps no list of deprecated features")
+    listed = fresh_queue.rabbitmqctl("list_deprecated_features", "--used", "--formatter", "json", "-q")
+
+    # Then it names none: nothing proj does stops working when RabbitMQ denies them by default
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == [], listed.stdout

@@ -177,13 +177,15 @@ def start(data_dir, port, management_port, node_name, cluster_size, foreground) 
 
 
 def _print_started(node: broker_mod.Node) -> None:
-    click.echo(f" [*] RabbitMQ node {node.node_name} running, data in {node.data_dir}")
+    click.echo(f" [*] RabbitMQ {node.version} node {node.node_name} running, data in {node.data_dir}")
     click.echo(f"export CELERY_BROKER_URL={node.url}")
     click.echo(f"export PROJ_MANAGEMENT_URL={node.management_url}")
 
 
 def _print_cluster_started(cluster) -> None:
-    click.echo(f" [*] RabbitMQ cluster of {cluster.size} nodes running, data in {cluster.data_dir}")
+    click.echo(
+        f" [*] RabbitMQ {cluster.nodes[0].version} cluster of {cluster.size} nodes running, data in {cluster.data_dir}"
+    )
     for i, node in enumerate(cluster.nodes, 1):
         click.echo(
             f" [*] node {i} {node.node_name}: AMQP 127.0.0.1:{node.port}, management 127.0.0.1:{node.management_port}"

@@ -47,6 +47,7 @@ from proj.rabbit.node import (
     STOP_TIMEOUT,
     BrokerError,
     Node,
+    find_runtime,
     free_port,
     port_is_free,
     read_state,
@@ -130,10 +131,7 @@ class Cluster:
             *(f"cluster_formation.classic_config.nodes.{k} = {name}" for k, name in enumerate(peers, 1)),
             f"cluster_formation.discovery_retry_limit = {DISCOVERY_RETRIES}",
             f"cluster_formation.discovery_retry_interval = {DISCOVERY_INTERVAL_MS}",
-            # A node that finds itself in a minority (cut off from, or frozen while, the other two)
-            # pauses: it closes its clients' connections so they fail over to the majority, where
-            # the quorum task_queue keeps its leader, instead of serving a split-off copy.
-            "cluster_partition_handling = pause_minority",
+            *_partition_handling(),
             # A node that stops answering (frozen, cut off) is declared down after 11-19 s instead of
             # Erlang's 45-75 s: until then every metadata change (a worker declaring its queues and
             # bindings on reconnect) waits on it, so a worker whose node froze could not fail over.
@@ -289,7 +287,9 @@ class Cluster:
         if not self._epmd_alive():
             if not self.epmd_port or not port_is_free(self.epmd_port):
                 self.epmd_port = free_port(tuple(range(self.port, self.port + self.size)))
-            epmd = spawn_epmd(self.epmd_port, os.environ.copy(), self.data_dir, self.data_dir / "epmd.log")
+            epmd = spawn_epmd(
+                self.epmd_port, find_runtime().env(os.environ.copy()), self.data_dir, self.data_dir / "epmd.log"
+            )
             state["epmd_pid"] = epmd.pid
         self.nodes = [self._node(i) for i in range(self.size)]
         self._write_state(epmd_pid=state.get("epmd_pid"))
@@ -461,6 +461,21 @@ class Cluster:
             for q in queues
             if q.get("type") == "quorum"
         ]
+
+
+def _partition_handling() -> tuple[str, ...]:
+    """RabbitMQ 3.x: a node that finds itself in a minority (cut off from, or frozen while, the other two)
+    pauses: it closes its clients' connections so they fail over to the majority, where the quorum
+    task_queue keeps its leader, instead of serving a split-off copy. RabbitMQ 4.x keeps its metadata
+    in Khepri (Raft), where a minority cannot change anything and there is no partition handling to
+    choose: the setting is gone."""
+    try:
+        version = find_runtime().version
+    except BrokerError:
+        from proj import config
+
+        version = config.RABBITMQ
+    return ("cluster_partition_handling = pause_minority",) if version.startswith("3.") else ()
 
 
 def _has_database(node: Node) -> bool:

@@ -1,10 +1,20 @@
 """A private RabbitMQ node: start, stop, status, restart, with every file inside one data dir.
 
-The node runs from the system's ``rabbitmq-server`` package as the current user (Debian's
-``/usr/sbin`` wrappers switch to the ``rabbitmq`` user; we call the scripts behind them, so the
-data dir stays owned by whoever started it, root included). It listens on 127.0.0.1 only, on
-ports of its own, with its own Erlang port mapper (epmd), so several nodes with different data
-dirs run side by side and none touches a system RabbitMQ.
+Which RabbitMQ runs is ``PROJ_RABBITMQ`` (``proj.config.RABBITMQ``), read here only (:func:`find_runtime`):
+
+* ``4.3`` (the default): Debian forky's rabbitmq-server 4.3 with its Erlang, from a root filesystem
+  that ``./dev.sh setup`` builds once with mmdebstrap (``PROJ_RABBITMQ_ROOTFS``, by default
+  ``~/.cache/proj/rabbitmq-4.3-rootfs``). The server and its CLI tools run under bubblewrap with
+  that root filesystem as ``/``, read-only, and the node's data dir bound in at its own path; no
+  network, PID or user namespace of their own, so the node listens on the host's 127.0.0.1 and its
+  Erlang VM is an ordinary host process (SIGKILL, SIGSTOP and ``rabbitmq.pid`` work as for 3.10).
+* ``3.10``: Debian 12's own ``rabbitmq-server`` package, on the host.
+
+Either way the node runs as the current user (Debian's ``/usr/sbin`` wrappers switch to the
+``rabbitmq`` user; we call the scripts behind them, so the data dir stays owned by whoever started
+it, root included). It listens on 127.0.0.1 only, on ports of its own, with its own Erlang port
+mapper (epmd), so several nodes with different data dirs run side by side and none touches a
+system RabbitMQ.
 
 Usage::
 
@@ -81,6 +91,97 @@ def read_state(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """How a RabbitMQ's scripts are run: on the host, or inside a root filesystem under bubblewrap."""
+
+    #: The folder of ``rabbitmq-server`` and ``rabbitmqctl`` as the scripts see it.
+    bin_dir: Path
+    #: The root filesystem the scripts run in (bubblewrap), or None: the host's.
+    rootfs: Path | None = None
+
+    @property
+    def version(self) -> str:
+        """RabbitMQ's version, from its installed application folder (``rabbitmq_server-4.3.6``), or "unknown"."""
+        lib = self.bin_dir.parent / "lib"
+        if self.rootfs is not None:
+            lib = self.rootfs / lib.relative_to("/")
+        found = sorted(lib.glob("rabbitmq_server-*"))
+        return found[-1].name.removeprefix("rabbitmq_server-") if found else "unknown"
+
+    def argv(self, tool: str, binds: tuple[Path, ...] = (), die_with_parent: bool = False) -> list[str]:
+        """The command running ``tool`` (a script of ``bin_dir``, or an absolute path), with ``binds`` writable."""
+        path = str(tool if tool.startswith("/") else self.bin_dir / tool)
+        if self.rootfs is None:
+            return [path]
+        argv = [
+            _bwrap(),
+            # The root filesystem read-only: one cached copy serves every node, and none changes it.
+            *("--ro-bind", str(self.rootfs), "/"),
+            *("--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"),
+            # minbase has no /etc/hosts: without the host's, "localhost" does not resolve and the node
+            # hangs at boot.
+            *("--ro-bind", "/etc/hosts", "/etc/hosts"),
+        ]
+        for d in _outermost(binds):
+            argv += ["--bind", str(d), str(d)]
+        if die_with_parent:
+            argv.append("--die-with-parent")
+        return [*argv, "--", path]
+
+    def env(self, env: dict[str, str]) -> dict[str, str]:
+        """``env`` as the scripts need it inside the root filesystem (its PATH, a UTF-8 locale)."""
+        if self.rootfs is None:
+            return env
+        return {**env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+    def epmd_argv(self) -> list[str]:
+        """Erlang's port mapper: the host's (its protocol does not change between Erlang releases), else the root
+        filesystem's, which dies with the bubblewrap process that the caller signals."""
+        host = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+        if self.rootfs is None or Path(host).exists():
+            return [host]
+        return self.argv("/usr/bin/epmd", die_with_parent=True)
+
+
+def _outermost(dirs: tuple[Path, ...]) -> list[Path]:
+    """``dirs`` without those inside another one of them (binding the outer one binds them too)."""
+    dirs = sorted({Path(d) for d in dirs}, key=lambda d: len(d.parts))
+    kept: list[Path] = []
+    for d in dirs:
+        if not any(d.is_relative_to(k) for k in kept):
+            kept.append(d)
+    return kept
+
+
+def _bwrap() -> str:
+    found = shutil.which("bwrap")
+    if not found:
+        raise BrokerError(
+            "bubblewrap (bwrap) is not installed, and RabbitMQ 4.3 runs under it: run `./dev.sh setup` "
+            "(or `sudo apt-get install -y bubblewrap`), or set PROJ_RABBITMQ=3.10 for Debian 12's rabbitmq-server"
+        )
+    return found
+
+
+def find_runtime() -> Runtime:
+    """The RabbitMQ proj's nodes run: PROJ_RABBITMQ_BIN's if set, else PROJ_RABBITMQ's (4.3 or 3.10)."""
+    from proj import config
+
+    if config.RABBITMQ_BIN or config.RABBITMQ == "3.10":
+        return Runtime(find_rabbitmq_bin())
+    rootfs = Path(config.RABBITMQ_ROOTFS)
+    bin_dir = Path(RABBITMQ_BIN_DIRS[0])
+    if not (rootfs / bin_dir.relative_to("/") / "rabbitmq-server").exists():
+        raise BrokerError(
+            f"RabbitMQ 4.3 is not built: no root filesystem with rabbitmq-server at {rootfs} "
+            "(PROJ_RABBITMQ_ROOTFS): run `./dev.sh setup`, which builds it (about 25 s and 250 MB), "
+            "or set PROJ_RABBITMQ=3.10 for Debian 12's rabbitmq-server"
+        )
+    _bwrap()
+    return Runtime(bin_dir, rootfs)
 
 
 def find_rabbitmq_bin() -> Path:
@@ -223,7 +324,8 @@ class Node:
                     f"management.tcp.port = {self.management_port}",
                     f"collect_statistics_interval = {self.stats_interval_ms}",
                     # Above proj's default task time limit (PROJ_TASK_TIME_LIMIT, 25 min), so a long task
-                    # is never redelivered while it still runs (RabbitMQ's default is 30 min).
+                    # is never redelivered while it still runs (RabbitMQ's default is 30 min). 4.3 also
+                    # shows it on each consumer (the management API's consumers, ``consumer_timeout``).
                     f"consumer_timeout = {CONSUMER_TIMEOUT_MS}",
                     f"default_user = {self.user}",
                     f"default_pass = {self.password}",
@@ -259,13 +361,19 @@ class Node:
 
     def start(self, timeout: float = START_TIMEOUT) -> Node:
         """Start the node in the background; return once it accepts AMQP connections."""
-        bin_dir = find_rabbitmq_bin()
+        runtime = find_runtime()
         # Every refusal comes before the data dir is created: a refused start leaves nothing behind.
         state = self._read_state()
         if pid_alive(state.get("pid")):
             raise BrokerError(
                 f"a node already runs from {self.data_dir} (pid {state['pid']}): "
                 f"`proj broker stop --data-dir {self.data_dir}` first"
+            )
+        saved = state.get("rabbitmq")
+        if saved and _release(saved) != _release(runtime.version) and (self.data_dir / "mnesia").is_dir():
+            raise BrokerError(
+                f"{self.data_dir} holds the data of a RabbitMQ {saved} node, which RabbitMQ {runtime.version} cannot "
+                f"open: start it with PROJ_RABBITMQ={_release(saved)}, or pick another --data-dir"
             )
         for name, port in (("AMQP", self.port), ("management", self.management_port)):
             if not port_is_free(port):
@@ -278,12 +386,18 @@ class Node:
         self._write_config()
         (self.data_dir / "log").mkdir(exist_ok=True)
 
-        env = self.env()
+        env = runtime.env(self.env())
         epmd_pid = None
         if self.own_epmd:
-            epmd_pid = spawn_epmd(self.epmd_port, env, self.data_dir, self.data_dir / "log" / "epmd.log").pid
-        server = spawn([str(bin_dir / "rabbitmq-server")], env, self.data_dir, self.data_dir / "log" / "server.out")
-        self._write_state(pid=server.pid, pgid=server.pid, epmd_pid=epmd_pid, started_at=time.time())
+            epmd_pid = spawn_epmd(self.epmd_port, env, self.data_dir, self.data_dir / "log" / "epmd.log", runtime).pid
+        # Under bubblewrap (4.3) the pid is bubblewrap's, which runs the script as its child in the same
+        # process group: the group's signals (kill, freeze) reach the Erlang VM as on the host.
+        server = spawn(
+            runtime.argv("rabbitmq-server", self._binds()), env, self.data_dir, self.data_dir / "log" / "server.out"
+        )
+        self._write_state(
+            pid=server.pid, pgid=server.pid, epmd_pid=epmd_pid, started_at=time.time(), rabbitmq=runtime.version
+        )
         try:
             self.wait_ready(timeout, process=server)
         except BaseException:
@@ -334,7 +448,8 @@ class Node:
             wait_gone(pgid, 5, group=True)
         wait_gone(epmd_pid, 5)
         if state:
-            self._write_state()  # forget the pids, keep the ports and name for the next start
+            # Forget the pids; keep the ports, the name and the version for the next start.
+            self._write_state(rabbitmq=state.get("rabbitmq"))
         return was_running
 
     def restart(self) -> Node:
@@ -363,11 +478,21 @@ class Node:
         if not signal_group(self._read_state().get("pgid"), sig):
             raise BrokerError(f"node {self.node_name} is not running")
 
+    @property
+    def version(self) -> str | None:
+        """The RabbitMQ version this data dir's node last started with (None before its first start)."""
+        return self._read_state().get("rabbitmq")
+
+    def _binds(self) -> tuple[Path, ...]:
+        """What a node's scripts write: its data dir, and $HOME (the Erlang cookie) when it is elsewhere."""
+        return (self.data_dir,) if self.home is None else (self.data_dir, self.home)
+
     def status(self) -> dict:
         state = self._read_state()
         running = pid_alive(state.get("pid"))
         return {
             "running": running,
+            "rabbitmq": state.get("rabbitmq"),
             "node_name": self.node_name,
             "data_dir": str(self.data_dir),
             "pid": _read_int(self.data_dir / "rabbitmq.pid") if running else None,
@@ -388,9 +513,11 @@ class Node:
         return self._cli("rabbitmq-queues", args, timeout)
 
     def _cli(self, tool: str, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
+        # The node's own RabbitMQ: 3.10's CLI cannot talk to a 4.3 node, nor 4.3's to a 3.10 one.
+        runtime = find_runtime()
         return subprocess.run(
-            [str(find_rabbitmq_bin() / tool), "-n", self.node_name, *args],
-            env=self.env(),
+            [*runtime.argv(tool, self._binds()), "-n", self.node_name, *args],
+            env=runtime.env(self.env()),
             cwd=self.data_dir,
             capture_output=True,
             text=True,
@@ -410,7 +537,7 @@ class Node:
             from proj.console import say
             from proj.management import hide_password
 
-            say(f" [*] RabbitMQ {self.node_name} ready: CELERY_BROKER_URL={hide_password(self.url)}")
+            say(f" [*] RabbitMQ {self.version} {self.node_name} ready: CELERY_BROKER_URL={hide_password(self.url)}")
             say(f" [*] management API: {hide_password(self.management_url)}")
             while not stopping and self.is_running():
                 time.sleep(0.2)
@@ -424,10 +551,15 @@ class Node:
                 signal.signal(s, handler)
 
 
-def spawn_epmd(port: int, env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+def spawn_epmd(port: int, env: dict, cwd: Path, log: Path, runtime: Runtime | None = None) -> subprocess.Popen:
     """Erlang's port mapper on 127.0.0.1:``port``, where nodes register and peers and CLI tools find them."""
-    epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
-    return spawn([epmd, "-port", str(port), "-address", "127.0.0.1"], env, cwd, log)
+    argv = (runtime or find_runtime()).epmd_argv()
+    return spawn([*argv, "-port", str(port), "-address", "127.0.0.1"], env, cwd, log)
+
+
+def _release(version: str) -> str:
+    """``4.3`` of ``4.3.6``: nodes of one release read each other's data."""
+    return ".".join(version.split(".")[:2])
 
 
 def _read_int(path: Path) -> int | None:
