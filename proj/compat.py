@@ -15,12 +15,13 @@ in use.
 :data:`INTERNALS` lists them all; :func:`main` checks each against the installed libraries and prints
 one line per internal (exit status 1 if any is off)::
 
-    python -c 'import sys, proj.compat as c; sys.exit(c.main())'
+    python -m proj.selfcheck
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import inspect
 import logging
@@ -29,7 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
+import amqp
+import celery._state
+from celery import Task
+from celery.events.dispatcher import EventDispatcher
 from celery.utils.log import get_logger
+from kombu.pidbox import Mailbox
 
 logger = get_logger(__name__)
 
@@ -385,7 +391,6 @@ def _callable_on(owner, attr: str, label: str) -> str | None:
 
 def confirms_problem(channel=None) -> str | None:
     """amqp's confirm method to replace and what the replacement uses (on ``channel`` when given)."""
-    import amqp
 
     a = attrs(CONFIRMS)
     for name in ("Channel.basic_publish_confirm", "Channel._basic_publish"):
@@ -402,7 +407,6 @@ def confirms_problem(channel=None) -> str | None:
 
 def raw_frames_problem(amqp_connection=None) -> str | None:
     """amqp's property encoder (the templates' check) and, on a connected ``amqp_connection``, its socket."""
-    import amqp
 
     a = attrs(RAW_FRAMES)
     problem = _callable_on(amqp.Message, a["Message._serialize_properties"], "amqp.Message")
@@ -433,7 +437,6 @@ def write_frames(amqp_connection, data: bytes) -> None:
 
 def fast_path_problem(app=None, connection=None) -> str | None:
     """What the fast path reads: Celery's exec options, its settings' maps, kombu's declared entities."""
-    from celery import Task
 
     a = attrs(FAST_PATH)
     problem = _callable_on(Task, a["Task._get_exec_options"], "celery.Task")
@@ -463,7 +466,6 @@ def declared(connection) -> set:
 
 def task_join_will_block() -> Callable[[], bool] | None:
     """Celery's "this process must not wait for a result" flag, or None (and one warning)."""
-    import celery._state
 
     found = getattr(celery._state, attrs(REPLY_DECLARE)["_state.task_join_will_block"], None)
     if not usable(REPLY_DECLARE, lambda: None if callable(found) else "celery._state has no task_join_will_block()"):
@@ -472,8 +474,6 @@ def task_join_will_block() -> Callable[[], bool] | None:
 
 
 def sent_events_problem() -> str | None:
-    import amqp
-    from celery.events.dispatcher import EventDispatcher
 
     a = attrs(SENT_EVENTS)
     return (
@@ -518,6 +518,7 @@ def loop_thread(hub) -> int | None:
 
 def guard_problem(task_pool=None, semaphore=None) -> str | None:
     """The pool's and the semaphore's private state the guard reads (on the worker's own when given)."""
+    # Here, not at the top: only a worker checks the guard; a producer never loads the prefork pool.
     from billiard.pool import ApplyResult
     from celery.concurrency.prefork import TaskPool
 
@@ -549,9 +550,6 @@ def guard_problem(task_pool=None, semaphore=None) -> str | None:
 
 def failover_problem() -> str | None:
     """kombu's Mailbox.producer_pool is a cached property (a value set on the mailbox replaces it)."""
-    import functools
-
-    from kombu.pidbox import Mailbox
 
     attr = attrs(FAILOVER_MAILBOX)["Mailbox.producer_pool"]
     try:
@@ -563,113 +561,5 @@ def failover_problem() -> str | None:
     return None
 
 
-def self_check() -> list[tuple[Internal, str | None]]:
-    """Each internal with None if it is usable with the installed libraries, else why not."""
-    from kombu.asynchronous.timer import Timer
-
-    results: list[tuple[Internal, str | None]] = []
-    timer = Timer()
-    timer.call_after(60, print)
-    heap = getattr(timer, TIMER_HEAP.attr, None)
-    ok = isinstance(heap, list) and len(heap) == 1 and _is_scheduled(heap[0])
-    results.append((TIMER_HEAP, None if ok else f"{TIMER_HEAP.name} is not a heap of (eta, priority, entry)"))
-    checks: dict[str, Callable[[], str | None]] = {
-        CONFIRMS.key: lambda: confirms_problem(_stub_channel()),
-        RAW_FRAMES.key: _raw_frames_self_check,
-        FAST_PATH.key: lambda: fast_path_problem(_app(), _kombu_connection()),
-        REPLY_DECLARE.key: _reply_declare_self_check,
-        SENT_EVENTS.key: sent_events_problem,
-        DELAYED_DELIVERY.key: lambda: _step_self_check(DELAYED_DELIVERY),
-        CONTROL_REPLIES.key: lambda: _step_self_check(CONTROL_REPLIES),
-        LOOP_THREAD.key: _loop_thread_self_check,
-        STUCK_GUARD.key: lambda: guard_problem(semaphore=_semaphore()),
-        FAILOVER_MAILBOX.key: failover_problem,
-    }
-    for internal in INTERNALS[1:]:
-        internal = globals()[_NAMES[internal.key]]  # as the module has it now (a test may rename it)
-        try:
-            problem = checks[internal.key]()
-        except Exception as exc:  # noqa: BLE001
-            problem = f"its check failed: {exc!r}"
-        results.append((internal, problem))
-    return results
-
-
-#: key -> this module's name for the Internal.
+#: key -> proj.compat's name for the Internal.
 _NAMES = {internal.key: name for name, internal in list(globals().items()) if isinstance(internal, Internal)}
-
-
-def _stub_channel():
-    """An amqp channel on no connection, to look at what its __init__ sets."""
-    import amqp
-
-    class Stub:
-        channels: dict = {}
-        confirm_publish = True
-
-        def _claim_channel_id(self, channel_id):
-            return channel_id
-
-    return amqp.Channel(Stub(), 1)
-
-
-def _app():
-    from proj.celery import app
-
-    return app
-
-
-def _kombu_connection():
-    from kombu import Connection
-
-    return Connection("amqp://localhost//")  # never connected
-
-
-def _raw_frames_self_check() -> str | None:
-    problem = raw_frames_problem()
-    if problem:
-        return problem
-    from proj import frames
-    from proj.tasks import TASK_NAME
-
-    frames.Template(_app(), TASK_NAME, 1, 131072, reply_to="x", ignore_result=False)  # raises if it differs
-    return None
-
-
-def _reply_declare_self_check() -> str | None:
-    import celery._state
-
-    found = getattr(celery._state, attrs(REPLY_DECLARE)["_state.task_join_will_block"], None)
-    return None if callable(found) else "celery._state has no task_join_will_block()"
-
-
-def _step_self_check(internal: Internal) -> str | None:
-    from celery.worker.consumer import Consumer
-    from celery.worker.consumer.delayed_delivery import DelayedDelivery
-
-    return step_problem(internal, Consumer.Blueprint.default_steps, DelayedDelivery)
-
-
-def _loop_thread_self_check() -> str | None:
-    from kombu.asynchronous import Hub
-
-    hub = Hub()
-    try:
-        return loop_thread_problem(hub)
-    finally:
-        hub.close()
-
-
-def _semaphore():
-    from kombu.asynchronous.semaphore import LaxBoundedSemaphore
-
-    return LaxBoundedSemaphore(1)
-
-
-def main(argv: list[str] | None = None) -> int:
-    off = 0
-    for internal, problem in self_check():
-        state = "ok" if problem is None else f"OFF ({problem}): {internal.loses}"
-        off += problem is not None
-        print(f" [x] {internal.library} {library_version(internal.library)}: {internal.feature}: {state}")
-    return 1 if off else 0

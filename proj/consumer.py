@@ -34,7 +34,7 @@ from kombu import Exchange, Producer
 from kombu.utils.url import maybe_sanitize_url
 
 from proj import compat, config, deadletter, guard
-from proj.tasks import TASK_NAME
+from proj.messages import TASK_NAME
 
 logger = get_logger(__name__)
 

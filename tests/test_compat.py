@@ -11,14 +11,14 @@ import pytest
 from helpers import TIMEOUT, publish, take_raw
 from kombu.asynchronous.timer import Timer
 
-from proj import compat
+from proj import compat, selfcheck
 from proj.harness.workers import WorkerProcess
 
 TESTS = Path(__file__).resolve().parent
 
 
 def test_every_internal_is_usable_with_the_installed_libraries():
-    assert [(internal.key, problem) for internal, problem in compat.self_check()] == [
+    assert [(internal.key, problem) for internal, problem in selfcheck.self_check()] == [
         (internal.key, None) for internal in compat.INTERNALS
     ]
 
@@ -112,12 +112,12 @@ def test_a_renamed_name_is_found_missing_by_the_self_check(key, monkeypatch, fre
     monkeypatch.setattr(compat, name, compat.renamed(getattr(compat, name)))
 
     # When the internals are checked
-    problems = dict((internal.key, problem) for internal, problem in compat.self_check())
+    problems = dict((internal.key, problem) for internal, problem in selfcheck.self_check())
 
     # Then this one is off, the others still usable, and `main` says so and exits 1
     assert problems.pop(key) is not None
     assert set(problems.values()) == {None}
-    assert compat.main() == 1
+    assert selfcheck.main() == 1
     off = [line for line in capsys.readouterr().out.splitlines() if "OFF" in line]
     assert len(off) == 1 and getattr(compat, name).loses in off[0]
 

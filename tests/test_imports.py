@@ -18,32 +18,10 @@ PROJ = Path(__file__).resolve().parents[1] / "proj"
 
 #: Imports that close a cycle through a module this change could not edit, as (importer, imported).
 #: Each is left out of the graph here; any other cycle fails the test.
-KNOWN_CYCLE_EDGES = {
-    # proj/compat.py's raw-frames self-check takes the task's name from proj.tasks, which imports the publish API
-    # (proj.producer -> proj.bulk), which imports proj.compat. Its `from proj.tasks import TASK_NAME` becomes
-    # `from proj.messages import TASK_NAME` (proj/compat.py is other work in progress): then remove this line.
-    ("proj.compat", "proj.tasks"),
-    # proj/compat.py's self-checks get the app from proj.celery, which imports proj.confirms, proj.failover and
-    # proj.guard, which import proj.compat. Its _app() can return celery's current_app instead (`import proj.compat`
-    # has run proj/__init__.py, which loaded proj.celery, whose app set_default()s itself): then remove this line.
-    ("proj.compat", "proj.celery"),
-    # proj/compat.py's raw-frames self-check builds a proj.frames.Template, and proj.frames writes its frames through
-    # proj.compat's checked internals. The self-check can move to proj/frames.py (frames registering it with compat,
-    # as a callable on compat.RAW_FRAMES's entry), so compat imports no feature module: then remove this line.
-    ("proj.compat", "proj.frames"),
-}
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 
-#: Modules whose function-level imports are not checked for a reason comment: owned by other work in
-#: progress (issue 20's other items) when the check was written. Remove one once its imports say why.
-UNCHECKED_FOR_REASONS = (
-    "proj.chaos",
-    "proj.rabbit",
-    "proj.consumer",
-    "proj.compat",
-    "proj.timelimit",
-    "proj.cli.chaos",
-    "proj.cli.main",
-)
+#: Modules whose function-level imports are not checked for a reason comment (none: every one says why).
+UNCHECKED_FOR_REASONS: tuple[str, ...] = ()
 
 
 def module_name(path: Path) -> str:

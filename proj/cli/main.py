@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import click
 from proj.cli import tools
 from proj.cli.exits import CANNOT_RUN, FAILED, INTERRUPTED, OK
 from proj.management import hide_password
+from proj.rabbit import cluster as cluster_mod
 from proj.rabbit import node as broker_mod
 
 #: Commands that live in their own modules, imported only when used ("module:attribute").
@@ -50,8 +53,6 @@ class LazyGroup(Group):
     """A click group that imports a subcommand's module only when that subcommand runs."""
 
     def _lazy(self, name: str) -> click.Command | None:
-        import importlib
-
         module_name, attr = LAZY_COMMANDS[name].split(":")
         try:
             module = importlib.import_module(module_name)
@@ -76,8 +77,6 @@ class LazyGroup(Group):
 
 
 def _requiring_tools(name: str, modules: tuple[str, ...], callback):
-    import functools
-
     @functools.wraps(callback)
     def run(*args, **kwargs):
         tools.require(name, *modules)
@@ -146,7 +145,6 @@ found_cluster_option = click.option(
 
 def _cluster(data_dir: Path, size: int | None, port: int | None = None, management_port: int | None = None):
     """The cluster of a data dir (its saved settings, or these); None if it holds none and no size is given."""
-    from proj.rabbit import cluster as cluster_mod
 
     if size is None and not cluster_mod.is_cluster_dir(data_dir):
         return None
@@ -306,7 +304,6 @@ def _cluster_status(cluster, as_json: bool) -> None:
 
 
 def _existing_cluster(data_dir: Path):
-    from proj.rabbit import cluster as cluster_mod
 
     if not cluster_mod.is_cluster_dir(data_dir):
         _fail(f"no cluster in {data_dir.absolute()}: `proj broker start --cluster 3 --data-dir {data_dir}` starts one")
@@ -355,6 +352,7 @@ def start_node(data_dir, number) -> None:
 )
 def demo(seconds_per_dot, workers) -> None:
     """Private broker, two workers, the tutorial's five messages: who got which."""
+    # Here, not at the top: the demo's harness (workers, event recorder) is loaded only when it runs.
     from proj.cli.demo import run
 
     sys.exit(run(seconds_per_dot=seconds_per_dot, workers=workers))

@@ -40,7 +40,9 @@ import threading
 import time
 from pathlib import Path
 
+from proj import config
 from proj.harness.processes import pid_alive, signal_pid, wait_gone
+from proj.management import Management, ManagementError
 from proj.rabbit.node import (
     START_TIMEOUT,
     STATE_FILE,
@@ -175,7 +177,6 @@ class Cluster:
 
     def management(self):
         """A management API client on a node that answers (node 1 first), or ClusterError."""
-        from proj.management import Management, ManagementError
 
         errors = []
         for node in self.nodes:
@@ -332,7 +333,6 @@ class Cluster:
 
     def cluster_view(self) -> list[dict]:
         """``[{name, running}, ...]`` for every cluster member, as a running node's management API says."""
-        from proj.management import ManagementError
 
         try:
             nodes = self.management().request("GET", "nodes") or []
@@ -444,7 +444,6 @@ class Cluster:
 
     def quorum_queues(self) -> list[dict]:
         """Each quorum queue's leader and members (which nodes hold a replica, which of those are up)."""
-        from proj.management import ManagementError
 
         try:
             queues = self.management().queues()
@@ -472,8 +471,6 @@ def _partition_handling() -> tuple[str, ...]:
     try:
         version = find_runtime().version
     except BrokerError:
-        from proj import config
-
         version = config.RABBITMQ
     return ("cluster_partition_handling = pause_minority",) if version.startswith("3.") else ()
 

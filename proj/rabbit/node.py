@@ -38,7 +38,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from kombu import Connection
+
+from proj import config
+from proj.console import say
 from proj.harness.processes import group_alive, in_group, pid_alive, signal_group, signal_pid, spawn, wait_gone
+from proj.management import hide_password
 
 #: Where Debian's package puts the scripts that the /usr/sbin wrappers call.
 RABBITMQ_BIN_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/local/lib/rabbitmq/bin")
@@ -168,7 +173,6 @@ def _bwrap() -> str:
 
 def find_runtime() -> Runtime:
     """The RabbitMQ proj's nodes run: PROJ_RABBITMQ_BIN's if set, else PROJ_RABBITMQ's (4.3 or 3.10)."""
-    from proj import config
 
     if config.RABBITMQ_BIN or config.RABBITMQ == "3.10":
         return Runtime(find_rabbitmq_bin())
@@ -186,7 +190,6 @@ def find_runtime() -> Runtime:
 
 def find_rabbitmq_bin() -> Path:
     """The directory with ``rabbitmq-server`` and ``rabbitmqctl``, or a BrokerError saying how to install."""
-    from proj import config
 
     if config.RABBITMQ_BIN:
         # An explicit choice is the only place we look: falling back to the system's scripts
@@ -407,7 +410,6 @@ class Node:
 
     def wait_ready(self, timeout: float = START_TIMEOUT, process: subprocess.Popen | None = None) -> None:
         """Wait until an AMQP client can log in and the management API answers."""
-        from kombu import Connection
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -534,8 +536,6 @@ class Node:
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.start()
-            from proj.console import say
-            from proj.management import hide_password
 
             say(f" [*] RabbitMQ {self.version} {self.node_name} ready: CELERY_BROKER_URL={hide_password(self.url)}")
             say(f" [*] management API: {hide_password(self.management_url)}")
