@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 
+import amqp
 from amqp import Message
 from amqp.serialization import dumps as amqp_dumps
 from celery.utils.saferepr import saferepr
@@ -69,7 +70,13 @@ def content_frames(method_frame: bytes, channel_id: int, properties: bytes, body
 
 
 def usable(amqp_connection) -> bool:
-    """Whether frames can be written to ``amqp_connection`` (checked once per process, proj.compat)."""
+    """Whether frames can be written to ``amqp_connection`` (checked once per process, proj.compat).
+
+    A connection of another kombu transport (the in-memory one of a test's embedded worker) is simply not
+    written to: it says nothing about py-amqp, so it turns nothing off.
+    """
+    if not isinstance(amqp_connection, amqp.Connection):
+        return False
     return compat.usable(compat.RAW_FRAMES, lambda: compat.raw_frames_problem(amqp_connection))
 
 

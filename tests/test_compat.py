@@ -289,3 +289,18 @@ def test_a_callers_own_producer_never_turns_the_fast_path_off(fresh_queue, capfd
     # Then they all went Celery's way, and nothing says a library changed: the fast path stays on
     assert not compat.is_off(compat.FAST_PATH), compat.off()
     assert "proj.compat:" not in capfd.readouterr().err
+
+
+def test_a_connection_of_another_transport_turns_nothing_off(fresh_compat):
+    # Given a kombu connection of the in-memory transport (a test's embedded worker), not py-amqp's
+    from kombu import Connection
+
+    from proj import frames
+
+    with Connection("memory://") as conn:
+        conn.connect()
+
+        # When the producer asks whether it can write frames to it
+        # Then it cannot, and nothing says a library changed: frames stay on for amqp connections
+        assert frames.usable(conn.connection) is False
+    assert not compat.is_off(compat.RAW_FRAMES)
