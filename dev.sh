@@ -222,7 +222,7 @@ PY
     say "$lib: tested $tested, newest $("$venv/bin/python" -c "from importlib.metadata import version; print(version('$lib'))")"
   done
   say "the reaches into their internals (proj/compat.py):"
-  "$venv/bin/python" -c 'import sys, proj.compat as c; sys.exit(c.main())' || status=1
+  "$venv/bin/python" -m proj.selfcheck || status=1
   say "the foundation tests on the newest releases"
   "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not broker" || status=1
   # shellcheck disable=SC2086
