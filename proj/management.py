@@ -165,19 +165,19 @@ class Management:
         return self.request("GET", f"consumers/{self._vh()}") or []
 
     def delete_queue(self, name: str) -> None:
-        try:
-            self.request("DELETE", f"queues/{self._vh()}/{urllib.parse.quote(name, safe='')}")
-        except ManagementError as exc:
-            if "HTTP 404" not in str(exc):
-                raise
+        """Delete a queue of the vhost; one that does not exist is not an error."""
+        self._delete("queues", name)
 
     def put_policy(self, name: str, body: dict) -> None:
         self.request("PUT", f"policies/{self._vh()}/{urllib.parse.quote(name, safe='')}", body)
 
     def delete_policy(self, name: str) -> None:
         """Delete a policy of the vhost; one that does not exist is not an error."""
+        self._delete("policies", name)
+
+    def _delete(self, kind: str, name: str) -> None:
         try:
-            self.request("DELETE", f"policies/{self._vh()}/{urllib.parse.quote(name, safe='')}")
+            self.request("DELETE", f"{kind}/{self._vh()}/{urllib.parse.quote(name, safe='')}")
         except ManagementError as exc:
             if "HTTP 404" not in str(exc):
                 raise

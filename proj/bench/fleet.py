@@ -152,7 +152,27 @@ class Loader:
             self.conn.release()
 
 
-class CeleryFleet:
+class ProcessFleet:
+    """What a fleet of worker processes with children (Celery's pool, dramatiq's worker process) shares."""
+
+    workers: list
+
+    def pids(self, n: int | None = None) -> list[int]:
+        """The first ``n`` workers' main processes and their children."""
+        pids = []
+        for w in self.workers[:n]:
+            pids += [w.pid, *children_of(w.pid)]
+        return pids
+
+    def log(self) -> str:
+        return "\n".join(w.log()[-2000:] for w in self.workers)
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.kill()
+
+
+class CeleryFleet(ProcessFleet):
     """``n`` single-process ``celery -A proj worker -c 1`` workers, paused and resumed by remote control.
 
     ``settings`` (Celery settings) run the workers as ``celery -A proj.bench.tuned``, the proj app with
@@ -239,20 +259,6 @@ class CeleryFleet:
     def resume(self, n: int | None = None) -> None:
         """The first ``n`` workers (all by default) start consuming, all at once."""
         self._control("add_consumer", n, reply=False)
-
-    def pids(self, n: int | None = None) -> list[int]:
-        """Main processes and their pool children."""
-        pids = []
-        for w in self.workers[:n]:
-            pids += [w.pid, *children_of(w.pid)]
-        return pids
-
-    def log(self) -> str:
-        return "\n".join(w.log()[-2000:] for w in self.workers)
-
-    def stop(self) -> None:
-        for w in self.workers:
-            w.kill()
 
 
 class PikaProcess(LoggedProcess):
@@ -386,7 +392,7 @@ class DramatiqProcess(LoggedProcess):
                 os.kill(self.worker_pid, signum)
 
 
-class DramatiqFleet:
+class DramatiqFleet(ProcessFleet):
     """``n`` dramatiq workers (one process and one thread each), paused (SIGUSR2) and resumed (SIGUSR1) by signal."""
 
     kind = "dramatiq"
@@ -429,17 +435,3 @@ class DramatiqFleet:
 
         for w in self.workers[:n]:
             w.signal_worker(RESUME_SIGNAL)
-
-    def pids(self, n: int | None = None) -> list[int]:
-        """Every process of each worker: dramatiq's main process and its worker process."""
-        pids = []
-        for w in self.workers[:n]:
-            pids += [w.pid, *children_of(w.pid)]
-        return pids
-
-    def log(self) -> str:
-        return "\n".join(w.log()[-2000:] for w in self.workers)
-
-    def stop(self) -> None:
-        for w in self.workers:
-            w.kill()

@@ -126,6 +126,17 @@ def _schedule(publish, count: int, rate: float) -> list[tuple[str, float]]:
     return sent
 
 
+def command(kind: str, url: str, queue: str, rate: float, seconds: float, out) -> list[str]:
+    """The command line of :func:`main` (a steady producer of its own process) for these settings."""
+    return [
+        sys.executable,
+        "-m",
+        "proj.bench.load",
+        *("--kind", kind, "--url", url, "--queue", queue),
+        *("--rate", str(rate), "--seconds", str(seconds), "--out", str(out)),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m proj.bench.load", description="steady producer for proj bench")
     parser.add_argument("--kind", choices=("celery", "pika", "dramatiq"), required=True)

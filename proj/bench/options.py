@@ -74,7 +74,7 @@ def section_solo(bench: Bench, solo: SoloFleet) -> dict:
     drain = bench.alternate(
         {"solo": lambda: bench.drain(solo, W, no_ops), "pika": lambda: bench.drain(bench.pika, W, no_ops)}, plan.reps
     )
-    sampler = RssSampler({"solo": lambda: solo.workers[0], "pika": lambda: bench.pika.workers[0]})
+    sampler = RssSampler({"solo": lambda: solo.pids(1), "pika": lambda: bench.pika.pids(1)})
     with sampler:
         tens = bench.alternate(
             {"solo": lambda: bench.drain(solo, W, short), "pika": lambda: bench.drain(bench.pika, W, short)}, plan.reps

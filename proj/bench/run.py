@@ -40,11 +40,11 @@ from proj.bench.fleet import (
     dramatiq_available,
     rss_kib,
 )
+from proj.bench.load import command as load_command
 from proj.bench.load import publish_celery, publish_dramatiq, publish_pika
 from proj.bench.report import NO_DRAMATIQ
 from proj.celery import app
 from proj.harness.events import EventRecorder
-from proj.harness.processes import children_of
 from proj.harness.stats import percentile
 from proj.harness.workers import REPO_ROOT
 from proj.rabbit.management import Management
@@ -344,9 +344,9 @@ class Bench:
         plan = self.plan
         tasks = ["."] * plan.short_tasks
         say(f"short tasks: {plan.short_tasks} tasks of 10 ms, {W} worker processes, {plan.reps} runs each")
-        watched = {"celery": lambda: self.celery.workers[0], "pika": lambda: self.pika.workers[0]}
+        watched = {"celery": lambda: self.celery.pids(1), "pika": lambda: self.pika.pids(1)}
         if self.dramatiq is not None:
-            watched["dramatiq"] = lambda: self.dramatiq.workers[0]
+            watched["dramatiq"] = lambda: self.dramatiq.pids(1)
         sampler = RssSampler(watched)
         with sampler:
             runs = self.alternate(
@@ -478,13 +478,7 @@ class Bench:
             fleet.resume(W)
             self.probe.wait(fleet.queue, lambda ready, consumers: consumers == W, 60, "workers consuming")
             subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "proj.bench.load",
-                    *("--kind", fleet.kind, "--url", self.node.url, "--queue", fleet.queue),
-                    *("--rate", str(rate), "--seconds", str(seconds), "--out", str(out)),
-                ],
+                load_command(fleet.kind, self.node.url, fleet.queue, rate, seconds, out),
                 cwd=REPO_ROOT,
                 check=True,
                 timeout=seconds + 120,
@@ -764,19 +758,19 @@ def _line_count(path: Path) -> int:
 
 
 class RssSampler:
-    """Peak resident memory of one worker of each kind (main process plus pool children) while busy."""
+    """Peak resident memory of each contender while busy: every 0.1 s, the processes each callable names
+    (a fleet's ``pids``: main processes with their pool or worker children), summed per contender."""
 
-    def __init__(self, workers: dict[str, Callable]):
-        self.workers = workers
-        self.peaks = {name: 0 for name in workers}
+    def __init__(self, pids: dict[str, Callable[[], list[int]]]):
+        self.pids = pids
+        self.peaks = {name: 0 for name in pids}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
-            for name, worker in self.workers.items():
-                w = worker()
-                self.peaks[name] = max(self.peaks[name], rss_kib([w.pid, *children_of(w.pid)]))
+            for name, pids in self.pids.items():
+                self.peaks[name] = max(self.peaks[name], rss_kib(pids()))
 
     def __enter__(self) -> RssSampler:
         self._thread.start()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from proj.bench.fleet import (
     dramatiq_available,
     rss_kib,
 )
+from proj.bench.load import command as load_command
 from proj.bench.run import SECONDS_PER_DOT, TIMEOUT, Bench, Plan, say, versions
 from proj.harness.processes import children_of
 from proj.harness.workers import REPO_ROOT
@@ -71,16 +71,7 @@ def acked(mgmt: Management, queue: str) -> int:
 
 
 def _producer(url: str, kind: str, queue: str, rate: float, seconds: float, out: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "proj.bench.load",
-            *("--kind", kind, "--url", url, "--queue", queue),
-            *("--rate", f"{rate:.1f}", "--seconds", str(seconds), "--out", str(out)),
-        ],
-        cwd=REPO_ROOT,
-    )
+    return subprocess.Popen(load_command(kind, url, queue, round(rate, 1), seconds, out), cwd=REPO_ROOT)
 
 
 def run(plan: Plan, seconds: float, work_dir: Path | None = None, fraction: float = FRACTION) -> dict:

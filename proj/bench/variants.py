@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import threading
 
 from proj.bench.fleet import CeleryFleet, DramatiqFleet, PikaFleet, dramatiq_available, rss_kib
 from proj.bench.report import NO_DRAMATIQ
-from proj.bench.run import SECONDS_PER_DOT, Bench, Plan, W, say
+from proj.bench.run import SECONDS_PER_DOT, Bench, Plan, RssSampler, W, say
 
 #: The contenders every variant is also compared with, in the same rotation (not Celery settings).
 PEERS = ("pika", "dramatiq")
@@ -95,29 +94,6 @@ VARIANTS = [
 ]
 
 
-class FleetRss:
-    """Peak resident memory of every process of each fleet, summed per fleet, sampled every 0.1 s."""
-
-    def __init__(self, fleets: dict):
-        self.fleets = fleets
-        self.peaks = {name: 0 for name in fleets}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            for name, fleet in self.fleets.items():
-                self.peaks[name] = max(self.peaks[name], rss_kib(fleet.pids()))
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 def run(plan: Plan, names: list[str] | None = None, work_dir=None) -> dict:
     unknown = set(names or ()) - {v.name for v in VARIANTS} - set(PEERS)
     if unknown:
@@ -164,7 +140,7 @@ def run(plan: Plan, names: list[str] | None = None, work_dir=None) -> dict:
                 for v in chosen
             }
             contenders.update({name: lambda name=name: bench.drain(fleets[name], W, messages) for name in peers})
-            sampler = FleetRss(fleets) if label == "10 ms" else None
+            sampler = RssSampler({name: fleet.pids for name, fleet in fleets.items()}) if label == "10 ms" else None
             if sampler:
                 sampler.__enter__()
             try:
