@@ -13,9 +13,11 @@ app.set_default()
 # The stuck-message guard's remote-control command, registered wherever the app is loaded, so
 # `celery -A proj inspect proj_stuck` knows it too (not only the workers that answer it). And a worker
 # whose node froze fails over without waiting on that node again (proj/failover.py).
-from proj import confirms, failover, guard, timelimit  # noqa: E402, F401
+from proj import confirms, failover, guard, majority, timelimit  # noqa: E402, F401
 
 failover.install(app)
+# A worker on a cluster node cut off from the majority moves to a node of the majority (proj/majority.py).
+majority.install(app)
 # The hard time limit's timers of finished tasks released at once, not after 25 minutes (proj/timelimit.py).
 timelimit.install(app)
 # A publisher confirm waited for within PROJ_PUBLISH_TIMEOUT, not restarted by every heartbeat (proj/confirms.py).

@@ -86,6 +86,13 @@ RABBITMQ_ROOTFS = os.environ.get("PROJ_RABBITMQ_ROOTFS") or os.path.join(
 #: proj's private nodes whatever PROJ_RABBITMQ says (default: unset, PROJ_RABBITMQ chooses).
 RABBITMQ_BIN = os.environ.get("PROJ_RABBITMQ_BIN") or None
 
+#: A cluster without pause_minority (RabbitMQ 4.x, Khepri): every this many seconds a worker whose broker URL lists
+#: several nodes publishes a confirmed probe to a quorum queue; a node that gives no confirm within PROBE_TIMEOUT
+#: while another node of the list does is cut off from the majority, and the worker moves (proj/majority.py).
+#: 0 turns the probe off. Acknowledgment: a message is never left waiting on a node that cannot serve it.
+PROBE_INTERVAL = _env("PROJ_PROBE_INTERVAL", "2", float)
+PROBE_TIMEOUT = _env("PROJ_PROBE_TIMEOUT", "4", float)
+
 #: Seconds between AMQP heartbeats: a silent connection is given up after two of them (broker_heartbeat).
 BROKER_HEARTBEAT = _env("PROJ_BROKER_HEARTBEAT", "8", float)
 

@@ -55,6 +55,12 @@ def deadline(at: float):
         _local.deadline = previous
 
 
+def time_left() -> float | None:
+    """Seconds left of this thread's :func:`deadline` (None outside one)."""
+    at = getattr(_local, "deadline", None)
+    return None if at is None else max(0.0, at - time.monotonic())
+
+
 def wait_for_confirm(channel, timeout: float | None) -> None:
     """amqp's ``Channel.wait`` for a basic.ack or basic.nack, ``timeout`` bounding the whole wait.
 

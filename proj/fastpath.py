@@ -196,7 +196,10 @@ def send(task, message: str, options):
             raise
         except confirms.ConfirmTimeout:
             _close(conn)  # a late confirm must not be taken for another message's
-            raise  # not sent again: the call's PROJ_PUBLISH_TIMEOUT is over (proj.tasks: PublishError)
+            # A failover list: the next connection goes to the next node (one that does not confirm may be cut
+            # off from its cluster's majority); proj.producer sends again there while the call's bound lasts.
+            conn.maybe_switch_next()
+            raise
         except Exception as exc:
             broken = isinstance(exc, conn.connection_errors + conn.channel_errors + (OSError,))
             if not broken:

@@ -17,10 +17,11 @@ import time
 
 from amqp.exceptions import MessageNacked, PreconditionFailed
 from celery import Task
+from celery.utils.threads import bound_open_broker_sockets
 from kombu.exceptions import OperationalError
 from kombu.utils.uuid import uuid
 
-from proj import config, confirms, fastpath, queues, sentevents
+from proj import config, confirms, fastpath, majority, queues, sentevents
 from proj.bulk import BulkPublishError, Failure, send_many
 from proj.management import hide_password
 from proj.messages import TASK_NAME, PublishError, check_message
@@ -65,13 +66,15 @@ class MessageTask(Task):
         if not options.get("task_id"):
             options["task_id"] = uuid()
         started = time.monotonic()
+        # A failover list: PROJ_PUBLISH_TIMEOUT for each of up to NODES_TRIED nodes (see nodes_tried).
+        bound = config.PUBLISH_TIMEOUT * nodes_tried(self.app, options)
         # retry=False: the first nack is the caller's (it re-sends by itself, and counts it).
-        deadline = started + (0.0 if options.get("retry") is False else config.PUBLISH_TIMEOUT)
+        deadline = started + (0.0 if options.get("retry") is False else bound)
         pause, sends = NACK_RETRY_FIRST_PAUSE, 0
         while True:
             try:
-                # Every confirm of this call, Celery's re-sends included, within PROJ_PUBLISH_TIMEOUT.
-                with confirms.deadline(started + config.PUBLISH_TIMEOUT):
+                # Every confirm of this call, Celery's re-sends included, within the bound.
+                with confirms.deadline(started + bound):
                     return self._publish_once(args, kwargs, rest, options)
             except _Nacked as nacked:
                 sends += 1
@@ -93,10 +96,16 @@ class MessageTask(Task):
             if fastpath.eligible(self, args, kwargs, rest, options):
                 try:
                     return fastpath.send(self, args[0], options)
-                except (MessageNacked, confirms.ConfirmTimeout):
+                except MessageNacked:
                     raise
+                except confirms.ConfirmTimeout:
+                    if not confirms.time_left():
+                        raise
+                    # a failover list: the fast path closed that connection and moved it to the next node
                 except Exception:  # noqa: BLE001 - fastpath.Unavailable, or anything it did not foresee
                     pass  # Celery's path, same id: it connects, declares task_queue, selects confirms or reconnects
+            if nodes_tried(self.app, options) > 1:
+                return self._apply_async_bounded(args, kwargs, rest, options)
             return super().apply_async(args, kwargs, *rest, **options)
         except (MessageNacked, OperationalError, confirms.ConfirmTimeout) as exc:
             if _caused_by(exc, MessageNacked):
@@ -113,6 +122,46 @@ class MessageTask(Task):
             raise PublishError(f"could not publish to {hide_password(url)}: {exc}") from exc
         except PreconditionFailed as exc:
             raise PublishError(queues.explain_mismatch(exc.reply_text) or exc.reply_text) from None
+
+    def _apply_async_bounded(self, args, kwargs, rest, options):
+        """Celery's path on a failover list: every wait bounded by PROJ_PUBLISH_TIMEOUT, then the next node.
+
+        Celery waits for each declare-ok without a timeout, and kombu's retry closes a connection politely
+        (a channel close, then a connection close, each waiting for its close-ok) before it moves to the
+        next node. A RabbitMQ 4.x node cut off from the majority of its cluster answers neither: it takes
+        a new queue's declaration (the rpc reply queue's) and answers only when its metadata store gives up,
+        30 s later (measured, 4.3.6), and the channel waits behind it. Here the socket's reads are bounded,
+        and a connection that failed is dropped without a word (``collect``) and moved to the next node of
+        the list (``maybe_switch_next``), where the message is sent again under the same id.
+        """
+        with self.app.producer_pool.acquire(block=True) as producer:
+            conn = producer.connection
+            while True:
+                try:
+                    conn.ensure_connection(timeout=max(confirms.time_left() or 0.0, 0.1))
+                    bound_open_broker_sockets(conn, config.PUBLISH_TIMEOUT)
+                    if producer.channel is not conn.default_channel:
+                        producer.revive(conn.default_channel)
+                    return super().apply_async(args, kwargs, *rest, **{**options, "producer": producer, "retry": False})
+                except (OperationalError, *conn.recoverable_connection_errors) as exc:
+                    if _caused_by(exc, MessageNacked) or not confirms.time_left():
+                        raise
+                    conn.collect()  # no close-ok waited for from a node that may not answer
+                    conn.maybe_switch_next()
+
+
+#: At most this many nodes of a failover list are tried by one ``.delay()``, PROJ_PUBLISH_TIMEOUT each.
+NODES_TRIED = 3
+
+
+def nodes_tried(app, options) -> int:
+    """How many nodes one publish may try: one, unless the broker URL is a failover list (a cluster) and
+    the caller let Celery retry. A node cut off from its cluster's majority (RabbitMQ 4.x keeps its clients)
+    never confirms: the publish then moves to the next node within PROJ_PUBLISH_TIMEOUT, so a ``.delay()``
+    started on such a node is confirmed by the majority within NODES_TRIED x PROJ_PUBLISH_TIMEOUT."""
+    if options.get("retry") is False or options.get("connection") is not None or options.get("producer") is not None:
+        return 1
+    return max(1, min(len(majority.broker_urls(app, write=True)), NODES_TRIED))
 
 
 #: Pauses between sends of a nacked message: 0.1 s, doubling up to 1 s, within PROJ_PUBLISH_TIMEOUT.

@@ -43,6 +43,7 @@ from pathlib import Path
 from proj import config
 from proj.harness.processes import pid_alive, signal_pid, wait_gone
 from proj.management import Management, ManagementError
+from proj.rabbit import netsplit
 from proj.rabbit.node import (
     START_TIMEOUT,
     STATE_FILE,
@@ -123,6 +124,7 @@ class Cluster:
             user=self.user,
             password=self.password,
             erl_args=self.erl_args,
+            dist_source=netsplit.source_address(self.port + i),
             extra_config=self._peer_discovery(self.node_names),
         )
 
@@ -363,6 +365,7 @@ class Cluster:
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
         """Stop every node (together) and the epmd. True if something was running."""
         was_running = self.is_running()
+        netsplit.heal_all(self)  # a partition made by proj.rabbit.netsplit ends with the cluster
         results: list[bool] = []
         threads = [
             threading.Thread(target=lambda n=node: results.append(n.stop(timeout)), daemon=True) for node in self.nodes
@@ -384,6 +387,14 @@ class Cluster:
         """Stop every node and start them all again, keeping their data: quorum queues and messages survive."""
         self.stop()
         return self.start(timeout)
+
+    def partition_node(self, n: int) -> None:
+        """Cut node ``n`` off from the other nodes (iptables; clients still reach it): ``proj.rabbit.netsplit``."""
+        netsplit.partition(self, n)
+
+    def heal_node(self, n: int) -> None:
+        """End :meth:`partition_node`."""
+        netsplit.heal(self, n)
 
     def kill_node(self, n: int) -> Node:
         """SIGKILL node ``n`` (1-based): a crash, not a shutdown. The epmd and the other nodes keep running."""

@@ -235,6 +235,9 @@ class Node:
     extra_config: tuple[str, ...] = ()
     #: Erlang VM flags added to the node's own (``+S 1:1``: one scheduler thread).
     erl_args: str = ""
+    #: The loopback address its outgoing Erlang distribution connections come from (a cluster gives each
+    #: node its own, so ``proj.rabbit.netsplit`` can cut one node off from the others); None: the kernel's pick.
+    dist_source: str | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
@@ -310,7 +313,11 @@ class Node:
                 "ERL_EPMD_ADDRESS": "127.0.0.1",
                 # Erlang distribution on loopback only.
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": " ".join(
-                    ["-kernel inet_dist_use_interface {127,0,0,1}", *([self.erl_args] if self.erl_args else [])]
+                    [
+                        "-kernel inet_dist_use_interface {127,0,0,1}",
+                        *([_connect_from(self.dist_source)] if self.dist_source else []),
+                        *([self.erl_args] if self.erl_args else []),
+                    ]
                 ),
             }
         )
@@ -555,6 +562,11 @@ def spawn_epmd(port: int, env: dict, cwd: Path, log: Path, runtime: Runtime | No
     """Erlang's port mapper on 127.0.0.1:``port``, where nodes register and peers and CLI tools find them."""
     argv = (runtime or find_runtime()).epmd_argv()
     return spawn([*argv, "-port", str(port), "-address", "127.0.0.1"], env, cwd, log)
+
+
+def _connect_from(address: str) -> str:
+    """The Erlang flag that makes a node's outgoing distribution connections come from ``address``."""
+    return "-kernel inet_dist_connect_options [{ip,{" + address.replace(".", ",") + "}}]"
 
 
 def _release(version: str) -> str:

@@ -1,0 +1,205 @@
+"""A worker leaves a cluster node that is cut off from the majority, by itself.
+
+RabbitMQ 4.x keeps its metadata in Khepri (Raft), where ``cluster_partition_handling`` (3.x's
+``pause_minority``) has no effect: a node cut off from the other nodes of its cluster keeps its clients'
+connections open and keeps listening. A worker attached to it waits there, connected and given nothing:
+the quorum ``task_queue``'s leader and every message are on the majority's side (measured on the
+compose cluster, 4.3.6: the worker stayed for the whole 62 s partition). Heartbeats do not help (the
+node answers them), and a reconnect would go straight back to it (it accepts connections).
+
+:class:`LeaveMinority` is a consumer bootstep that runs a :class:`Probe` thread when the worker's
+broker URL lists several nodes (Celery's failover list). Every ``PROJ_PROBE_INTERVAL`` seconds the probe
+publishes one small message, confirmed, to a quorum queue of its own (``proj.probe``, one message long,
+the oldest dropped): a quorum queue confirms only what a majority of its nodes wrote, so a node that
+cannot reach a majority never confirms it, whichever node leads the queue. When the worker's node gives
+no confirm within ``PROJ_PROBE_TIMEOUT``, the probe asks the other nodes of the list the same; once one
+of them confirms while the worker's own node still does not, the worker's node is cut off: the probe
+puts that node first in the app's ``broker_read_url`` and ``broker_write_url`` (Celery's public settings:
+every connection made from now on, the consumer's, the events' and the producers', starts there) and
+asks the event loop to restart the consumer (a connection error raised from ``hub.call_soon``: Celery's
+own reconnect path). The message the worker was running is redelivered by the majority as for any
+lost connection (acks late).
+
+While the majority itself elects new leaders (the first 10-20 s after a node is cut off, until the others
+declare it down: ``net_ticktime``), no node confirms, and nobody moves: a worker on the majority's side
+whose probes time out stays where it is, because no other node confirms either; before moving it probes
+its own node once more.
+
+Bound: the probe notices within interval + timeout (2 + 4 s by default) and moves as soon as a majority
+node confirms, after the majority's own election (11-19 s with ``net_ticktime`` 15): consuming from a
+majority node within 30 s of the cut (tests/test_cluster.py asserts it; the compose test too).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from celery import bootsteps
+from kombu import Connection, Queue
+
+from proj import config
+from proj.management import hide_password
+
+logger = logging.getLogger(__name__)
+
+#: The probe's own queue: quorum (a confirm means a majority wrote it), one message long.
+PROBE_QUEUE = Queue(
+    "proj.probe",
+    durable=True,
+    queue_arguments={"x-queue-type": "quorum", "x-max-length": 1},
+    no_declare=False,
+)
+
+
+class NodeCutOff(ConnectionError):
+    """The worker's node confirms nothing while another node of the list does: reconnect there."""
+
+
+def broker_urls(app, write: bool = False) -> list[str]:
+    """The failover list the app's consumers (``write``: producers) connect with (``;``-separated)."""
+    url = (app.conf.broker_write_url if write else app.conf.broker_read_url) or app.conf.broker_url
+    return [u for u in url.split(";") if u] if isinstance(url, str) else []
+
+
+def put_first(app, url: str) -> None:
+    """Every connection made from now on starts at ``url``, then the rest of the list in its order."""
+    urls = broker_urls(app)
+    if url in urls:
+        i = urls.index(url)
+        urls = urls[i:] + urls[:i]
+    app.conf.broker_read_url = app.conf.broker_write_url = ";".join(urls)
+
+
+class Probe(threading.Thread):
+    """Publishes a confirmed probe on the worker's node; calls ``on_cut_off(url)`` when it is cut off."""
+
+    def __init__(self, app, current: str, on_cut_off, interval: float, timeout: float):
+        super().__init__(name="proj-majority-probe", daemon=True)
+        self.app, self.current, self.on_cut_off = app, current, on_cut_off
+        self.interval, self.timeout = interval, timeout
+        self.others = [u for u in broker_urls(app) if u != current]
+        self.stopped = threading.Event()
+        self._connections: dict[str, object] = {}
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(self.interval):
+                if self.confirms(self.current):
+                    continue
+                logger.warning(" [!] no probe confirm from %s within %g s", hide_password(self.current), self.timeout)
+                majority = self.first_confirming(self.others)
+                if majority is None or self.stopped.is_set() or self.confirms(self.current):
+                    continue  # nobody confirms (an election under way) or the worker's node is back
+                logger.warning(
+                    " [!] %s is cut off from the majority (%s confirms): moving there",
+                    hide_password(self.current),
+                    hide_password(majority),
+                )
+                self.on_cut_off(majority)
+                return
+        finally:
+            for conn in self._connections.values():
+                _close(conn)
+
+    def first_confirming(self, urls: list[str]) -> str | None:
+        """The first of ``urls`` (in list order) whose node confirms a probe, asked all at once."""
+        if not urls:
+            return None
+        with ThreadPoolExecutor(len(urls)) as pool:
+            answers = list(pool.map(self.confirms, urls))
+        return next((url for url, ok in zip(urls, answers) if ok), None)
+
+    def confirms(self, url: str) -> bool:
+        """Whether the node at ``url`` confirms one probe within the timeout (a new connection if need be)."""
+        conn = self._connections.get(url)
+        try:
+            if conn is None:
+                conn = self._connections[url] = self.app.connection_for_write(
+                    url,
+                    heartbeat=0,
+                    connect_timeout=self.timeout,
+                    # every wait of this connection (a declare-ok too) bounded, not only the confirm's
+                    transport_options={"confirm_publish": True, "read_timeout": self.timeout},
+                )
+            with conn.Producer() as producer:
+                producer.publish(
+                    b"probe",
+                    routing_key=PROBE_QUEUE.name,
+                    declare=[PROBE_QUEUE],
+                    delivery_mode=1,
+                    retry=False,
+                    confirm_timeout=self.timeout,
+                    timeout=self.timeout,
+                )
+            return True
+        except Exception as exc:  # noqa: BLE001 - any failure is "no confirm"; the connection is made anew
+            logger.debug("probe of %s: %r", hide_password(url), exc)
+            _close(self._connections.pop(url, None))
+            return False
+
+
+def _close(conn) -> None:
+    if conn is not None:
+        try:
+            conn.collect()  # drop the socket without waiting on a node that may not answer
+        except Exception:  # noqa: BLE001 - closing a dead connection
+            pass
+
+
+class LeaveMinority(bootsteps.StartStopStep):
+    """Run the probe while the consumer is connected (see the module's docstring)."""
+
+    label = "proj: leave a node cut off from the majority"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c, **kwargs):
+        super().__init__(c, **kwargs)
+        self.probe: Probe | None = None
+
+    def start(self, c):
+        urls = broker_urls(c.app)
+        hub = getattr(c, "hub", None)
+        if config.PROBE_INTERVAL <= 0 or len(urls) < 2 or hub is None or c.connection is None:
+            return
+        current = _matching(urls, c.connection)
+        if current is None:
+            return
+
+        def on_cut_off(majority: str) -> None:
+            def move() -> None:
+                put_first(c.app, majority)
+                raise NodeCutOff(
+                    f"{hide_password(current)} is cut off from the majority; reconnecting to {hide_password(majority)}"
+                )
+
+            hub.call_soon(move)
+
+        self.probe = Probe(c.app, current, on_cut_off, config.PROBE_INTERVAL, config.PROBE_TIMEOUT)
+        self.probe.start()
+
+    def stop(self, c):
+        if self.probe is not None:
+            self.probe.stop()
+            self.probe = None
+
+    shutdown = stop
+
+
+def _matching(urls: list[str], connection) -> str | None:
+    """The URL of the list the consumer's connection is on (same host and port)."""
+    here = (connection.hostname, connection.port)
+    for url in urls:
+        parsed = Connection(url)
+        if (parsed.hostname, parsed.port or 5672) == (here[0], here[1] or 5672):
+            return url
+    return None
+
+
+def install(app) -> None:
+    """Add the bootstep to ``app``'s workers."""
+    app.steps["consumer"].add(LeaveMinority)
