@@ -27,7 +27,7 @@ from amqp import spec
 from amqp.exceptions import MessageNacked, RecoverableConnectionError
 from vine import ensure_promise
 
-from proj import compat
+from proj import compat, config
 
 _local = threading.local()
 
@@ -80,6 +80,7 @@ def wait_for_confirm(channel, timeout: float | None) -> None:
         while not confirmed.ready:
             remaining = None if end is None else end - time.monotonic()
             if remaining is not None and remaining <= 0:
+                _give_up(channel)
                 raise ConfirmTimeout(TIMED_OUT)
             connection = channel.connection
             if connection is None:
@@ -87,6 +88,7 @@ def wait_for_confirm(channel, timeout: float | None) -> None:
             try:
                 connection.drain_events(timeout=remaining)
             except TimeoutError as exc:
+                _give_up(channel)
                 if end is not None and time.monotonic() >= end - 0.01:
                     raise ConfirmTimeout(TIMED_OUT) from exc
                 raise
@@ -96,6 +98,27 @@ def wait_for_confirm(channel, timeout: float | None) -> None:
                 pending.pop(m, None)
             else:
                 pending[m] = previous
+
+
+#: Seconds each read or write may take on a connection given up for a missing confirm.
+GIVE_UP_TIMEOUT = 0.5
+
+
+def _give_up(channel) -> None:
+    """Bound the socket of a connection that is about to be dropped for a missing confirm.
+
+    kombu drops it politely: its retry (``Connection.ensure``) moves to the next node of the list with
+    ``switch``, which closes the channel and the connection and waits for each close-ok. A node that sent
+    no confirm (frozen, or cut off from its cluster) sends no close-ok either: a worker's pool process was
+    seen waiting there 71 s for a task's result to be published. Bounded, the close takes a second at most.
+    """
+    connection = channel.connection
+    sock = getattr(connection, "sock", None) if connection is not None else None
+    if sock is not None:
+        try:
+            sock.settimeout(GIVE_UP_TIMEOUT)
+        except OSError:
+            pass
 
 
 def _on_confirm(method, *args) -> None:
@@ -117,7 +140,10 @@ def basic_publish_confirm(self, *args, **kwargs):
         setattr(self, a["Channel._confirm_selected"], True)
         self.confirm_select()
     result = getattr(self, a["Channel._basic_publish"])(*args, **kwargs)
-    wait_for_confirm(self, confirm_timeout or kwargs.get("timeout"))
+    # A publish that names no timeout (a remote-control broadcast, Celery's mingle at a worker's start) waits
+    # PROJ_PUBLISH_TIMEOUT too: a message routed to a queue on a node cut off from its cluster is never
+    # confirmed (RabbitMQ 4.x keeps the node's clients), and nothing may wait for it forever.
+    wait_for_confirm(self, confirm_timeout or kwargs.get("timeout") or config.PUBLISH_TIMEOUT)
     return result
 
 

@@ -158,7 +158,11 @@ class Control(CeleryControl):
         remote control (one warning: ``celery inspect`` and Flower's worker list do not reach it, its task
         events still flow), and takes it up again at its next connection.
         """
-        deadline = time.monotonic() + CONTROL_QUEUE_LOCKED_WAIT
+        # A worker that left a node cut off from the majority (proj/majority.py) knows the queue stays locked
+        # for as long as the partition lasts: it does not wait for it.
+        wait = 0.0 if getattr(c, "proj_left_cut_off_node", False) else CONTROL_QUEUE_LOCKED_WAIT
+        c.proj_left_cut_off_node = False
+        deadline = time.monotonic() + wait
         pause = 0.1
         while True:
             try:

@@ -27,10 +27,12 @@ mailbox keeps Celery's producer pool.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from celery import bootsteps
 from celery.utils.threads import bound_open_broker_sockets
 
-from proj import compat
+from proj import compat, sentevents
 
 #: Seconds the old event connection may wait for each close-ok after the consumer lost its connection.
 CLOSE_TIMEOUT = 0.5
@@ -45,13 +47,34 @@ class BoundOldEventConnection(bootsteps.StartStopStep):
     def __init__(self, c, **kwargs):
         super().__init__(c, **kwargs)
         if compat.usable(compat.FAILOVER_MAILBOX, compat.failover_problem):
-            # kombu's Mailbox.producer_or_acquire then publishes on the channel it is given.
-            setattr(c.app.control.mailbox, compat.attrs(compat.FAILOVER_MAILBOX)["Mailbox.producer_pool"], None)
+            pool = None  # kombu's Mailbox.producer_or_acquire then publishes on the channel it is given
+            if compat.usable(compat.SENT_EVENTS, compat.sent_events_problem):
+                pool = UnconfirmedBroadcasts(c)
+            setattr(c.app.control.mailbox, compat.attrs(compat.FAILOVER_MAILBOX)["Mailbox.producer_pool"], pool)
 
     def stop(self, c):
         dispatcher = getattr(c, "event_dispatcher", None)
         if c.connection is None and dispatcher is not None and dispatcher.connection is not None:
             bound_open_broker_sockets(dispatcher.connection, CLOSE_TIMEOUT)
+
+
+class UnconfirmedBroadcasts:
+    """The worker's remote-control broadcasts (Mingle's hello) on the consumer's connection, unconfirmed.
+
+    A broadcast reaches every worker's control queue, each on the node its worker is connected to. On
+    RabbitMQ 4.x a node cut off from its cluster keeps its queues in the cluster's metadata, and a message
+    routed to one of them is nacked after 7 s (net_setuptime), every time, for as long as the partition lasts
+    (measured, 4.3.6). A confirmed hello from a worker that just left that node (its own old control queue
+    is there) was nacked and sent again, forever: the worker never got past Mingle. A broadcast asks for
+    replies that are waited for with their own timeout; it needs no confirm, as task events need none.
+    """
+
+    def __init__(self, c):
+        self.c = c
+
+    @contextmanager
+    def acquire(self, block: bool = True):
+        yield sentevents.event_producer(self.c.connection)
 
 
 def install(app) -> None:

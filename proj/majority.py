@@ -12,27 +12,32 @@ broker URL lists several nodes (Celery's failover list). Every ``PROJ_PROBE_INTE
 publishes one small message, confirmed, to a quorum queue of its own (``proj.probe``, one message long,
 the oldest dropped): a quorum queue confirms only what a majority of its nodes wrote, so a node that
 cannot reach a majority never confirms it, whichever node leads the queue. When the worker's node gives
-no confirm within ``PROJ_PROBE_TIMEOUT``, the probe asks the other nodes of the list the same; once one
-of them confirms while the worker's own node still does not, the worker's node is cut off: the probe
+no confirm within ``PROJ_PROBE_TIMEOUT``, the probe asks every node of the list at once, round after round;
+once one of them confirms while the worker's own node still does not, the worker's node is cut off: the probe
 puts that node first in the app's ``broker_read_url`` and ``broker_write_url`` (Celery's public settings:
 every connection made from now on, the consumer's, the events' and the producers', starts there) and
-asks the event loop to restart the consumer (a connection error raised from ``hub.call_soon``: Celery's
-own reconnect path). The message the worker was running is redelivered by the majority as for any
-lost connection (acks late).
+shuts the consumer's socket down: the worker loses that connection and Celery's consumer reconnects, as
+after any lost connection, to the majority's node (now first). The message the worker was running is
+redelivered by the majority as for any lost connection (acks late).
+
+A worker that starts on a node already cut off does not get this far: Mingle's declaration waits on the
+node's metadata store, which gives up after 30 s, and Celery reconnects to the first node of the list again.
 
 While the majority itself elects new leaders (the first 10-20 s after a node is cut off, until the others
 declare it down: ``net_ticktime``), no node confirms, and nobody moves: a worker on the majority's side
-whose probes time out stays where it is, because no other node confirms either; before moving it probes
-its own node once more.
+whose probes time out stays where it is, because no other node confirms either, and its own node confirms
+again in the same round as the others once the election is over.
 
-Bound: the probe notices within interval + timeout (2 + 4 s by default) and moves as soon as a majority
-node confirms, after the majority's own election (11-19 s with ``net_ticktime`` 15): consuming from a
-majority node within 30 s of the cut (tests/test_cluster.py asserts it; the compose test too).
+Bound: the probe notices within interval + timeout (2 + 4 s by default) and moves within one timeout of
+the majority's own election (11-19 s with ``net_ticktime`` 15): consuming from a majority node within 30 s
+of the cut (tests/test_cluster.py asserts it, for a partition and a frozen node; the compose test too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -51,10 +56,6 @@ PROBE_QUEUE = Queue(
     queue_arguments={"x-queue-type": "quorum", "x-max-length": 1},
     no_declare=False,
 )
-
-
-class NodeCutOff(ConnectionError):
-    """The worker's node confirms nothing while another node of the list does: reconnect there."""
 
 
 def broker_urls(app, write: bool = False) -> list[str]:
@@ -88,13 +89,23 @@ class Probe(threading.Thread):
 
     def run(self) -> None:
         try:
-            while not self.stopped.wait(self.interval):
-                if self.confirms(self.current):
+            suspect = False
+            while not self.stopped.wait(0 if suspect else self.interval):
+                if not suspect:
+                    suspect = not self.confirms(self.current)
+                    if suspect:
+                        logger.warning(
+                            " [!] no probe confirm from %s within %g s", hide_password(self.current), self.timeout
+                        )
                     continue
-                logger.warning(" [!] no probe confirm from %s within %g s", hide_password(self.current), self.timeout)
-                majority = self.first_confirming(self.others)
-                if majority is None or self.stopped.is_set() or self.confirms(self.current):
-                    continue  # nobody confirms (an election under way) or the worker's node is back
+                # Every node of the list at once, the worker's own included: one round takes one timeout at most.
+                answers = self.ask_all([self.current, *self.others])
+                if answers[self.current]:
+                    suspect = False  # the worker's node confirms again (a majority elected a leader)
+                    continue
+                majority = next((url for url in self.others if answers[url]), None)
+                if majority is None or self.stopped.is_set():
+                    continue  # nobody confirms: an election under way, or the whole cluster is down
                 logger.warning(
                     " [!] %s is cut off from the majority (%s confirms): moving there",
                     hide_password(self.current),
@@ -106,13 +117,10 @@ class Probe(threading.Thread):
             for conn in self._connections.values():
                 _close(conn)
 
-    def first_confirming(self, urls: list[str]) -> str | None:
-        """The first of ``urls`` (in list order) whose node confirms a probe, asked all at once."""
-        if not urls:
-            return None
+    def ask_all(self, urls: list[str]) -> dict[str, bool]:
+        """Whether each node of ``urls`` confirms a probe, all asked at once."""
         with ThreadPoolExecutor(len(urls)) as pool:
-            answers = list(pool.map(self.confirms, urls))
-        return next((url for url, ok in zip(urls, answers) if ok), None)
+            return dict(zip(urls, pool.map(self.confirms, urls)))
 
     def confirms(self, url: str) -> bool:
         """Whether the node at ``url`` confirms one probe within the timeout (a new connection if need be)."""
@@ -163,21 +171,23 @@ class LeaveMinority(bootsteps.StartStopStep):
 
     def start(self, c):
         urls = broker_urls(c.app)
-        hub = getattr(c, "hub", None)
-        if config.PROBE_INTERVAL <= 0 or len(urls) < 2 or hub is None or c.connection is None:
+        if config.PROBE_INTERVAL <= 0 or len(urls) < 2 or c.connection is None:
             return
         current = _matching(urls, c.connection)
         if current is None:
             return
+        connection = c.connection
 
         def on_cut_off(majority: str) -> None:
-            def move() -> None:
-                put_first(c.app, majority)
-                raise NodeCutOff(
-                    f"{hide_password(current)} is cut off from the majority; reconnecting to {hide_password(majority)}"
-                )
-
-            hub.call_soon(move)
+            # Every connection made from now on starts at the majority's node; this one is ended under the
+            # consumer's feet, whatever it waits for (the event loop, or a declare that node never answers
+            # while the worker starts), and Celery's consumer reconnects, as after any lost connection.
+            put_first(c.app, majority)
+            c.proj_left_cut_off_node = True  # its control queue stays locked there (proj/consumer.py)
+            sock = getattr(connection.connection, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
         self.probe = Probe(c.app, current, on_cut_off, config.PROBE_INTERVAL, config.PROBE_TIMEOUT)
         self.probe.start()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import selectors
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -153,7 +155,7 @@ def cluster_worker(quorum_cluster, start_worker, tmp_path):
     ledger_path = tmp_path / "ledger.sqlite"
     ledger.connect(str(ledger_path))  # the table exists (WAL mode) before any worker writes
 
-    def start(name: str, first: int, wait: bool = True):
+    def start(name: str, first: int, wait: bool = True, **options):
         env = {
             "PROJ_QUEUE_TYPE": "quorum",
             "PROJ_LEDGER": str(ledger_path),
@@ -166,6 +168,7 @@ def cluster_worker(quorum_cluster, start_worker, tmp_path):
             env=env,
             seconds_per_dot=SECONDS_PER_DOT,
             extra_args=ledger.WORKER_ARGS,  # the hook that writes the ledger (proj/chaos/ledger_hook.py)
+            **options,
         )
 
     start.ledger = str(ledger_path)
@@ -585,3 +588,95 @@ def test_cluster_commands_refuse_bad_input_in_one_line(quorum_cluster, tmp_path)
     # And the cluster still runs, untouched
     assert cluster.running_nodes() == [1, 2, 3]
     assert not (tmp_path / "small").exists() and not (tmp_path / "top").exists()
+
+
+#: The most a worker or a producer may stay on a node cut off from the majority (issue 21): the majority's
+#: own election (net_ticktime 15: 11-19 s) plus the probe's interval and timeout (proj/majority.py, 2 + 4 s)
+#: or one PROJ_PUBLISH_TIMEOUT on the cut-off node (10 s), with room for a loaded machine.
+MOVE_BOUND = 30.0
+
+PRODUCER = """
+import sys, time
+from proj.tasks import work
+work.delay("Warm-up")  # connected to node 1, task_queue declared, before the fault
+print("ready", flush=True)
+sys.stdin.readline()
+started = time.monotonic()
+result = work.delay("Started on the cut-off node.")
+print(f"confirmed {result.id} {time.monotonic() - started:.2f}", flush=True)
+"""
+
+
+def read_line(process: subprocess.Popen, timeout: float) -> str:
+    """The next line ``process`` writes, waited for ``timeout`` seconds at most ("" if none came)."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            return ""
+    return process.stdout.readline().strip()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("iptables") is None, reason="a partition is made with iptables, as root"
+)
+@pytest.mark.parametrize("fault", ["partition", "freeze"])
+def test_worker_and_producer_on_a_node_cut_off_from_the_majority_move_to_it_within_30_s(
+    cluster_worker, quorum_cluster, fault
+):
+    # Given w1 connected to node 1 (the only worker, with Mingle and gossip as deployed), and a producer
+    # process whose .delay() goes to node 1
+    cluster = quorum_cluster
+    w1 = cluster_worker("w1", first=1, as_deployed=True)
+    assert connected_port(w1) == cluster.node(1).port
+    env = {**os.environ, "CELERY_BROKER_URL": cluster.failover_url(1), "PROJ_QUEUE_TYPE": "quorum"}
+    producer = subprocess.Popen(
+        [sys.executable, "-c", PRODUCER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    majority = Publisher(cluster.failover_url(2))
+    try:
+        assert read_line(producer, TIMEOUT) == "ready"
+        wait_until(lambda: w1.log().count(" [x] Done") >= 1, what="w1 ran the warm-up task")
+        offset = len(w1.log())
+
+        # When node 1 is cut off from nodes 2 and 3 (iptables: clients still reach it), or frozen (SIGSTOP),
+        # and the producer calls .delay() at once
+        if fault == "partition":
+            cluster.partition_node(1)
+        else:
+            cluster.node(1).freeze()
+        cut = time.monotonic()
+        producer.stdin.write("go\n")
+        producer.stdin.flush()
+
+        # Then the .delay() started on node 1 is confirmed (by the majority) within the bound
+        line = read_line(producer, MOVE_BOUND * 2).split()
+        assert line[:1] == ["confirmed"], f"the producer said {line}"
+        delay_id, delay_took = line[1], float(line[2])
+        assert delay_took <= MOVE_BOUND, f".delay() on the cut-off node took {delay_took:.1f} s"
+
+        # And w1 consumes from a node of the majority within the bound: tasks published there get done by it
+        majority_ports = (cluster.node(2).port, cluster.node(3).port)
+        wait_until(lambda: connected_port(w1, offset) in majority_ports, MOVE_BOUND * 2, "w1 moved to the majority")
+        while " [x] Received" not in w1.log()[offset:]:
+            assert time.monotonic() - cut < MOVE_BOUND * 2, f"w1 ran nothing after the cut:\n{w1.log()[offset:]}"
+            if len(majority.confirmed) < 3:
+                majority.publish("After the cut.", timeout=MOVE_BOUND * 2)
+            time.sleep(0.05)
+        moved_after = time.monotonic() - cut
+        assert moved_after <= MOVE_BOUND, f"w1 consumed from the majority only {moved_after:.1f} s after the cut"
+        print(f"{fault}: .delay() confirmed in {delay_took:.1f} s; w1 ran a task on the majority at {moved_after:.1f} s")
+
+        # And nothing is lost: the task started on the cut-off node and those published on the majority get done
+        wait_until(
+            lambda: {delay_id, *majority.confirmed} <= done_ids(cluster_worker.ledger),
+            NODE_TIMEOUT,
+            "every confirmed task done",
+        )
+    finally:
+        if fault == "partition":
+            cluster.heal_node(1)
+        else:
+            cluster.node(1).thaw()
+        producer.kill()
+        producer.wait()
+        majority.close()

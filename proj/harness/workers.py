@@ -113,7 +113,10 @@ class WorkerProcess(LoggedProcess):
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         loglevel: str = "INFO",
+        as_deployed: bool = False,
     ):
+        """``as_deployed``: with Mingle and gossip, as the Procfile's and compose's workers run (tests leave
+        them out by default: each costs a second at start, and neither is what a test is about)."""
         self.name = name
         self.hostname = f"{name}@{os.uname().nodename}"
         self.broker_url = broker_url
@@ -128,8 +131,7 @@ class WorkerProcess(LoggedProcess):
             f"{name}@%h",
             "-l",
             loglevel,
-            "--without-mingle",
-            "--without-gossip",
+            *(() if as_deployed else ("--without-mingle", "--without-gossip")),
         ]
         if concurrency is not None:  # None: the config's default, as a plain `celery -A proj worker`
             argv += ["-c", str(concurrency)]
