@@ -66,11 +66,13 @@ def test_task_that_kills_its_worker_every_time_is_dead_lettered_after_max_delive
     assert f"delivered {MAX_DELIVERIES} times" in letter.reason and "PROJ_MAX_DELIVERIES" in letter.reason
     assert killer.kills == MAX_DELIVERIES
     assert len(recorder.tasks[poison_id].started) == MAX_DELIVERIES
-    # And the letter carries the count it was stopped at: the broker's on a quorum queue (a pool process
-    # killed is Celery's basic.reject, which every version counts), proj's header on a classic one
-    counter = "x-delivery-count" if queue_type == "quorum" else deadletter.DELIVERIES
-    assert letter.headers[counter] == MAX_DELIVERIES, letter.headers
-    if queue_type == "quorum" and fresh_queue.version.startswith("4.3"):
+    # And the letter carries the count it was stopped at: proj's header on a classic queue; on a quorum one
+    # the broker's (a pool process killed is Celery's basic.reject, which every version counts), read back
+    # here on 4.3 only: 3.10 overwrites x-delivery-count with task_queue.dead's own count (0) as it hands it out
+    if queue_type == "classic":
+        assert letter.headers[deadletter.DELIVERIES] == MAX_DELIVERIES, letter.headers
+    elif fresh_queue.version.startswith("4.3"):
+        assert letter.headers["x-delivery-count"] == MAX_DELIVERIES, letter.headers
         assert letter.headers["x-acquired-count"] == MAX_DELIVERIES, letter.headers  # 4.3's count of hand-outs
     # And the healthy tasks all completed meanwhile, and nothing is left in task_queue
     recorder.wait_for(lambda r: r.succeeded_count() == 6, TIMEOUT, "healthy tasks succeeded")
@@ -121,8 +123,9 @@ def test_message_past_a_quorum_task_queues_delivery_limit_is_dead_lettered_by_ra
     (task_id,) = publish(url, ["Returned..."], queue_type="quorum")
     seen = reject_until_dead_lettered(fresh_queue)
 
-    # Then the broker handed it out MAX_DELIVERIES + 1 times, counting every return
-    assert [h.get("x-delivery-count") for h in seen] == [None, *range(1, MAX_DELIVERIES + 1)], seen
+    # Then the broker handed it out MAX_DELIVERIES + 1 times, counting every return (a first delivery has
+    # x-delivery-count 0 on 3.10; 4.3 leaves it out)
+    assert [h.get("x-delivery-count", 0) for h in seen] == list(range(MAX_DELIVERIES + 1)), seen
     if fresh_queue.version.startswith("4.3"):
         assert [h.get("x-acquired-count") for h in seen] == [None, *range(1, MAX_DELIVERIES + 1)], seen
     # And it is in task_queue.dead with the broker's reason, not dropped, and task_queue is empty
