@@ -49,11 +49,22 @@ DEAD_QUEUE_NAME = queues.DEAD_QUEUE_NAME
 #: Seconds of work per '.' in a message (the tutorial sleeps one second per dot).
 SECONDS_PER_DOT = _env("PROJ_SECONDS_PER_DOT", "1.0", float)
 
-#: ``classic`` (durable, the seed tutorial's queue) or ``quorum`` (the current upstream tutorial's).
+#: ``classic`` (durable, the seed tutorial's queue) or ``quorum`` (the current upstream tutorial's). Both
+#: give every tutorial behaviour on RabbitMQ 3.10 and 4.3 (round-robin, redelivery, durability, fair dispatch:
+#: the tests run each on both). What differs by version is in the comments of MAX_DELIVERIES,
+#: BROKER_CONSUMER_TIMEOUT and task_queues below, and in docs/cluster.md ("Classic or quorum, 3.10 or 4.3").
 QUEUE_TYPE = _env("PROJ_QUEUE_TYPE", "classic", str, queues.QUEUE_TYPES)
 
 #: A message delivered this many times without being acked (its task kills the worker every
-#: time) is dead-lettered instead of being delivered again.
+#: time) is dead-lettered instead of being delivered again, by the worker, with the reason in its headers.
+#: The count: on a classic queue proj's own header (x-proj-deliveries, the copy put back carries it); on a
+#: quorum queue the broker's x-delivery-count. That counts every return on 3.10 (and 4.0-4.2); on 4.3 only
+#: failed deliveries: a basic.reject (Celery's, when a pool process dies) or a consumer gone with the message
+#: (a worker killed) count, a basic.nack or a consumer timeout do not. 4.3 also counts every hand-out in
+#: x-acquired-count, which proj does not use. The quorum policy sets the broker's delivery-limit to the same
+#: number, a backstop for consumers that are not proj: past it RabbitMQ dead-letters the message itself
+#: (x-first-death-reason delivery_limit) into task_queue.dead. Without that policy, 4.0+ applies a default
+#: limit of 20 and, with no dead-letter exchange, drops the message.
 MAX_DELIVERIES = max(1, _env("PROJ_MAX_DELIVERIES", "5", int))
 
 #: A publish that the broker has not confirmed within this many seconds fails.
@@ -98,6 +109,10 @@ BROKER_HEARTBEAT = _env("PROJ_BROKER_HEARTBEAT", "8", float)
 
 #: RabbitMQ's consumer_timeout in seconds (its default: 30 minutes). A consumer holding an unacked
 #: message longer than that has its channel closed and the message redelivered while it still runs.
+#: RabbitMQ 3.10 applies it to every queue; 4.3 to quorum queues only (a classic task_queue's message is then
+#: held as long as the worker lives: task_time_limit ends a task that hangs, the STUCK_AFTER guard a message
+#: that never starts). 4.3's consumer_disconnected_timeout (60 s) is another thing: how long a quorum queue
+#: waits for a consumer whose node it cannot reach before it gives that consumer's messages to others.
 BROKER_CONSUMER_TIMEOUT = _env("PROJ_BROKER_CONSUMER_TIMEOUT", "1800", float)
 
 #: Seconds a message reserved by a worker may wait without starting while one of the worker's pool
@@ -144,6 +159,9 @@ task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.2, "interval_
 # The tutorial publishes to the default exchange ('') with routing key 'task_queue' and declares
 # the queue durable, so it survives a broker restart. Producers and workers both declare it, and
 # with it task_queue.dead, where every message a worker cannot run ends up (never deleted).
+# Its dead-lettering comes from two policies (proj/queues.py), both in effect on 3.10 and 4.3 as the tests
+# check: proj-task-queue-classic (dead-letter-exchange, dead-letter-routing-key) for a classic queue,
+# proj-task-queue-quorum (the same and delivery-limit = PROJ_MAX_DELIVERIES) for a quorum one.
 # Docs: configuration.html#task-queues
 task_queues = (queues.work_queue(QUEUE_TYPE),)
 task_default_queue = QUEUE_NAME
@@ -178,7 +196,8 @@ task_reject_on_worker_lost = True
 worker_consumer = "proj.consumer:Consumer"
 
 # A task running past this fails (TimeLimitExceeded) and is acked: no redelivery loop. It must stay
-# below the broker's consumer_timeout (checked at worker start by proj/signals.py).
+# below the broker's consumer_timeout (checked at worker start by proj/signals.py). On RabbitMQ 4.3 with a
+# classic task_queue it is the only bound on a task that hangs (4.3's consumer_timeout skips classic queues).
 # Docs: configuration.html#task-time-limit
 task_time_limit = TASK_TIME_LIMIT
 

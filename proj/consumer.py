@@ -92,12 +92,21 @@ def as_celery_message(message, text: str) -> None:
 
 
 def deliveries(message) -> int:
-    """How many times this message has been delivered, this delivery included."""
+    """How many times this message has been delivered, this delivery included.
+
+    A quorum queue counts earlier failed deliveries in ``x-delivery-count``: every return on RabbitMQ
+    3.10-4.2; on 4.3 a basic.reject (Celery's, when a pool process dies) or a consumer gone with the message
+    unacked (a worker killed), not a basic.nack; ``x-acquired-count`` (4.3) counts every handing-out, nacks
+    included, and is not used here. On a first delivery (not ``redelivered``) the queue has counted nothing:
+    a counter the message carries then is its publisher's (a dead letter put back, measured on 4.3.6: the
+    broker hands the published value on), not this queue's.
+    """
     headers = message.headers or {}
-    if "x-delivery-count" in headers:  # quorum queue: the broker's own count of earlier deliveries
-        return int(headers["x-delivery-count"]) + 1
+    redelivered = bool((message.delivery_info or {}).get("redelivered"))
+    if "x-delivery-count" in headers:  # quorum queue
+        return int(headers["x-delivery-count"]) + 1 if redelivered else 1
     count = int(headers.get(deadletter.DELIVERIES, 1))
-    return count + 1 if (message.delivery_info or {}).get("redelivered") else count
+    return count + 1 if redelivered else count
 
 
 class DelayedDelivery(CeleryDelayedDelivery):

@@ -55,12 +55,23 @@ def fresh_queue(broker, mgmt) -> Node:
 
 
 @pytest.fixture
-def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start real ``celery -A proj worker`` processes; all are SIGKILLed (by process group) at teardown."""
+def queue_type(request) -> str:
+    """task_queue's type for the workers a test starts: ``PROJ_QUEUE_TYPE`` (classic by default), or each
+    of ``classic`` and ``quorum`` for a test parametrized with ``@pytest.mark.parametrize("queue_type", QUEUE_TYPES)``
+    (the key test of each tutorial behaviour: both types are first class on every RabbitMQ proj supports)."""
+    return getattr(request, "param", config.QUEUE_TYPE)
+
+
+@pytest.fixture
+def start_worker(tmp_path, queue_type) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real ``celery -A proj worker`` processes; all are SIGKILLed (by process group) at teardown.
+
+    Each worker declares task_queue of the test's ``queue_type``, unless its ``env`` names another."""
     started: list[WorkerProcess] = []
 
     def start(name: str, broker_url: str, wait: bool = True, **options) -> WorkerProcess:
         options.setdefault("seconds_per_dot", SECONDS_PER_DOT)
+        options["env"] = {"PROJ_QUEUE_TYPE": queue_type, **(options.get("env") or {})}
         worker = WorkerProcess(name, broker_url, tmp_path / "workers", **options).start()
         started.append(worker)
         if wait:

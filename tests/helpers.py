@@ -19,10 +19,13 @@ from pathlib import Path
 
 from kombu import Connection
 
-from proj import config
+from proj import config, queues
 from proj.harness.workers import LoggedProcess
 from proj.management import Management
 from proj.rabbit.node import Node, free_port, private_node
+
+#: task_queue's two types, for ``@pytest.mark.parametrize("queue_type", QUEUE_TYPES)`` (the queue_type fixture).
+QUEUE_TYPES = queues.QUEUE_TYPES
 
 #: Seconds per '.' in tests: the tutorial's second, shrunk so the suite runs in minutes.
 SECONDS_PER_DOT = 0.1
@@ -92,10 +95,16 @@ def effective_prefetch(consumer: dict, channel: dict) -> int:
     return consumer.get("prefetch_count") or channel.get("global_prefetch_count") or channel.get("prefetch_count") or 0
 
 
-def publish(url: str, messages: list[str], **options) -> list[str]:
-    """Send each message as ``proj.tasks.work`` through one confirmed connection; returns the task ids."""
+def publish(url: str, messages: list[str], queue_type: str | None = None, **options) -> list[str]:
+    """Send each message as ``proj.tasks.work`` through one confirmed connection; returns the task ids.
+
+    ``queue_type``: declare task_queue (and task_queue.dead) of that type, as a producer run with that
+    ``PROJ_QUEUE_TYPE`` does (this process's own declaration is ``PROJ_QUEUE_TYPE``'s)."""
     from proj.celery import app
     from proj.tasks import work
+
+    if queue_type is not None:
+        options.setdefault("declare", [queues.work_queue(queue_type)])
 
     with app.connection_for_write(url) as conn:
         return [work.apply_async(args=[m], connection=conn, ignore_result=True, **options).id for m in messages]

@@ -11,7 +11,7 @@ import os
 import signal
 
 import pytest
-from helpers import TIMEOUT, publish, queue_depth, wait_until
+from helpers import QUEUE_TYPES, TIMEOUT, publish, queue_depth, wait_until
 
 from proj import config
 
@@ -26,9 +26,9 @@ def two_workers(fresh_queue, start_worker):
     return {w.hostname: w for w in workers}
 
 
-def start_long_task(url, recorder, workers):
+def start_long_task(url, recorder, workers, queue_type=None):
     """Publish LONG_TASK and return (task record, the worker running it, the other worker)."""
-    (task_id,) = publish(url, [LONG_TASK])
+    (task_id,) = publish(url, [LONG_TASK], queue_type=queue_type)
     recorder.wait_for(lambda r: task_id in r.tasks and r.tasks[task_id].started, TIMEOUT, "long task started")
     runner = workers[recorder.tasks[task_id].started[0][0]]
     (other,) = [w for w in workers.values() if w is not runner]
@@ -41,9 +41,12 @@ def queue_is_settled(mgmt, url) -> bool:
     return queue_depth(url) == 0 and counts is not None and counts[1] == 0
 
 
-def test_message_of_killed_worker_is_redelivered_to_the_other_worker(fresh_queue, mgmt, two_workers, recorder):
-    # Given a long task running on one of two workers
-    task_id, runner, other = start_long_task(fresh_queue.url, recorder, two_workers)
+@pytest.mark.parametrize("queue_type", QUEUE_TYPES)
+def test_message_of_killed_worker_is_redelivered_to_the_other_worker(
+    queue_type, fresh_queue, mgmt, two_workers, recorder
+):
+    # Given a long task running on one of two workers, on a task_queue of this type
+    task_id, runner, other = start_long_task(fresh_queue.url, recorder, two_workers, queue_type)
 
     # When that worker's main process is SIGKILLed mid-task (its connection drops, no ack sent)
     os.kill(runner.pid, signal.SIGKILL)
@@ -58,9 +61,10 @@ def test_message_of_killed_worker_is_redelivered_to_the_other_worker(fresh_queue
     wait_until(lambda: queue_is_settled(mgmt, fresh_queue.url), what="task_queue empty and nothing unacked")
 
 
-def test_message_of_killed_pool_child_is_redelivered(fresh_queue, mgmt, two_workers, recorder):
-    # Given a long task running in the pool child of one of two workers
-    task_id, runner, _ = start_long_task(fresh_queue.url, recorder, two_workers)
+@pytest.mark.parametrize("queue_type", QUEUE_TYPES)
+def test_message_of_killed_pool_child_is_redelivered(queue_type, fresh_queue, mgmt, two_workers, recorder):
+    # Given a long task running in the pool child of one of two workers, on a task_queue of this type
+    task_id, runner, _ = start_long_task(fresh_queue.url, recorder, two_workers, queue_type)
     (child,) = runner.children()
 
     # When only the pool child is SIGKILLed (the main process lives on)

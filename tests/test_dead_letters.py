@@ -64,11 +64,14 @@ BAD_MESSAGES = {
 }
 
 
-@pytest.mark.parametrize("kind", list(BAD_MESSAGES))
+# Every kind on the default classic task_queue; one on a quorum task_queue (the worker's path is the same).
+@pytest.mark.parametrize(
+    ("kind", "queue_type"), [(kind, "classic") for kind in BAD_MESSAGES] + [("unregistered-task", "quorum")]
+)
 def test_message_a_worker_cannot_run_is_dead_lettered_with_its_reason_not_deleted(
-    kind, fresh_queue, mgmt, start_worker, recorder
+    kind, queue_type, fresh_queue, mgmt, start_worker, recorder
 ):
-    # Given a worker, and a message it cannot run
+    # Given a worker on a task_queue of this type, and a message it cannot run
     body, properties, reason = BAD_MESSAGES[kind]
     worker = start_worker("w1", fresh_queue.url)
     worker.wait_for_line("Waiting for messages")
@@ -89,8 +92,9 @@ def test_message_a_worker_cannot_run_is_dead_lettered_with_its_reason_not_delete
     assert recorder.worker_events("task-started") == []
     assert " [x] Received" not in worker.log()
     # And the worker goes on with the next task
-    publish(fresh_queue.url, ["Next."])
+    publish(fresh_queue.url, ["Next."], queue_type=queue_type)
     recorder.wait_for(lambda r: r.succeeded_count() == 1, TIMEOUT, "next task succeeded")
+    assert mgmt.queue(config.QUEUE_NAME)["type"] == queue_type
 
 
 def test_dead_letters_can_be_listed_requeued_and_purged(fresh_queue, mgmt, start_worker, recorder):

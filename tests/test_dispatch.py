@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 from helpers import (
+    QUEUE_TYPES,
     TIMEOUT,
     UnackedSampler,
     consumers_on_task_queue,
@@ -20,15 +22,16 @@ def start_pair(start_worker, url: str, **options):
     return workers
 
 
+@pytest.mark.parametrize("queue_type", QUEUE_TYPES)
 def test_round_robin_gives_one_worker_the_odd_messages_and_the_other_the_even(
-    fresh_queue, mgmt, start_worker, recorder
+    queue_type, fresh_queue, mgmt, start_worker, recorder
 ):
-    # Given two workers consuming with unlimited prefetch, the tutorial's first mode
+    # Given two workers consuming with unlimited prefetch, the tutorial's first mode, on a task_queue of this type
     start_pair(start_worker, fresh_queue.url, prefetch_multiplier=0)
     wait_until(lambda: len(consumers_on_task_queue(mgmt)) == 2, what="two consumers on task_queue")
 
     # When the tutorial's five messages are sent
-    publish(fresh_queue.url, FIVE_MESSAGES)
+    publish(fresh_queue.url, FIVE_MESSAGES, queue_type=queue_type)
 
     # Then one worker received first, third and fifth, the other second and fourth
     recorder.wait_for(lambda r: r.succeeded_count() == 5, TIMEOUT, "five tasks succeeded")
@@ -76,20 +79,24 @@ def max_held_per_worker(recorder) -> dict[str, int]:
     return held
 
 
-def run_workload(fresh_queue, mgmt, start_worker, recorder_for, **worker_options):
+def run_workload(fresh_queue, mgmt, start_worker, recorder_for, queue_type=None, **worker_options):
     start_pair(start_worker, fresh_queue.url, seconds_per_dot=FAIR_SECONDS_PER_DOT, **worker_options)
     wait_until(lambda: len(consumers_on_task_queue(mgmt)) == 2, what="two consumers on task_queue")
     recorder = recorder_for(fresh_queue.url)
     with UnackedSampler(mgmt) as sampler:
-        publish(fresh_queue.url, WORKLOAD)
+        publish(fresh_queue.url, WORKLOAD, queue_type=queue_type)
         recorder.wait_for(lambda r: r.succeeded_count() == len(WORKLOAD), TIMEOUT, "workload done")
     return recorder, sampler
 
 
-def test_fair_dispatch_never_hands_a_busy_worker_a_second_message(fresh_queue, mgmt, start_worker, recorder_for):
-    # Given two workers with prefetch 1 (the default), and heavy and light messages alternating
+@pytest.mark.parametrize("queue_type", QUEUE_TYPES)
+def test_fair_dispatch_never_hands_a_busy_worker_a_second_message(
+    queue_type, fresh_queue, mgmt, start_worker, recorder_for
+):
+    # Given two workers with prefetch 1 (the default) on a task_queue of this type, and heavy and light
+    # messages alternating
     # When the workload runs
-    recorder, sampler = run_workload(fresh_queue, mgmt, start_worker, recorder_for)
+    recorder, sampler = run_workload(fresh_queue, mgmt, start_worker, recorder_for, queue_type)
 
     # Then the broker never had more than one unacknowledged message on a worker's channel
     assert sampler.samples > 0

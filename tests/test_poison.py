@@ -1,21 +1,25 @@
 """Poison tasks are bounded: a task that kills its worker every time is dead-lettered after
-PROJ_MAX_DELIVERIES deliveries, on classic and quorum queues, while other tasks keep flowing.
+PROJ_MAX_DELIVERIES deliveries, on classic and quorum queues, while other tasks keep flowing; and a message
+past a quorum task_queue's own delivery-limit (the broker's backstop) is dead-lettered by RabbitMQ, never dropped.
 Also: time limits, the consumer-timeout check at start, and queue-type conflicts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pika
 import pytest
 from helpers import TIMEOUT, Poller, publish, queue_depth, wait_until
 
-from proj import config
+from proj import config, deadletter, queues
 from proj.cli import dead
 from proj.harness.workers import REPO_ROOT
 
@@ -62,10 +66,83 @@ def test_task_that_kills_its_worker_every_time_is_dead_lettered_after_max_delive
     assert f"delivered {MAX_DELIVERIES} times" in letter.reason and "PROJ_MAX_DELIVERIES" in letter.reason
     assert killer.kills == MAX_DELIVERIES
     assert len(recorder.tasks[poison_id].started) == MAX_DELIVERIES
+    # And the letter carries the count it was stopped at: proj's header on a classic queue; on a quorum one
+    # the broker's (a pool process killed is Celery's basic.reject, which every version counts), read back
+    # here on 4.3 only: 3.10 overwrites x-delivery-count with task_queue.dead's own count (0) as it hands it out
+    if queue_type == "classic":
+        assert letter.headers[deadletter.DELIVERIES] == MAX_DELIVERIES, letter.headers
+    elif fresh_queue.version.startswith("4.3"):
+        assert letter.headers["x-delivery-count"] == MAX_DELIVERIES, letter.headers
+        assert letter.headers["x-acquired-count"] == MAX_DELIVERIES, letter.headers  # 4.3's count of hand-outs
     # And the healthy tasks all completed meanwhile, and nothing is left in task_queue
     recorder.wait_for(lambda r: r.succeeded_count() == 6, TIMEOUT, "healthy tasks succeeded")
     assert not recorder.tasks[poison_id].succeeded
     wait_until(lambda: queue_depth(fresh_queue.url) == 0, what="task_queue empty")
+
+
+def reject_until_dead_lettered(node) -> list[dict]:
+    """Take task_queue's message and basic.reject it with requeue, as a consumer with no count of its own
+    would, until the broker takes it away; returns its headers at each delivery."""
+    connection = pika.BlockingConnection(pika.ConnectionParameters(host="127.0.0.1", port=node.port))
+    seen: list[dict] = []
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        channel = connection.channel()
+        while queue_depth(node.url, config.DEAD_QUEUE_NAME) == 0:
+            assert time.monotonic() < deadline and len(seen) <= 2 * MAX_DELIVERIES, f"still returned after {seen}"
+            method, properties, _ = channel.basic_get(config.QUEUE_NAME)
+            if method is not None:
+                seen.append(dict(properties.headers or {}))
+                channel.basic_reject(method.delivery_tag, requeue=True)
+    finally:
+        connection.close()
+    return seen
+
+
+def test_message_past_a_quorum_task_queues_delivery_limit_is_dead_lettered_by_rabbitmq_and_can_run_again(
+    fresh_queue, mgmt, start_worker, recorder
+):
+    # Given a quorum task_queue declared by a worker that set proj's dead-letter policies, then was killed
+    url = fresh_queue.url
+    env = {
+        "PROJ_QUEUE_TYPE": "quorum",
+        "PROJ_MAX_DELIVERIES": str(MAX_DELIVERIES),
+        "PROJ_MANAGEMENT_URL": fresh_queue.management_url,
+    }
+    start_worker("w1", url, env=env).kill()
+    # And the quorum policy in effect on it: the dead-letter keys and the broker's delivery-limit
+    listed = json.loads(fresh_queue.rabbitmqctl("list_policies", "--formatter", "json").stdout)
+    assert {p["name"] for p in listed} == set(queues.POLICY_NAMES), listed
+    queue = wait_until(
+        lambda: (q := mgmt.queue(config.QUEUE_NAME)).get("policy") == queues.QUORUM_POLICY_NAME and q,
+        what="the quorum policy shown on task_queue",
+    )
+    assert queue["effective_policy_definition"] == {**queues.DEAD_LETTERING, "delivery-limit": MAX_DELIVERIES}
+
+    # When a consumer that is not proj (it keeps no count) returns the task every time it gets it
+    (task_id,) = publish(url, ["Returned..."], queue_type="quorum")
+    seen = reject_until_dead_lettered(fresh_queue)
+
+    # Then the broker handed it out MAX_DELIVERIES + 1 times, counting every return (a first delivery has
+    # x-delivery-count 0 on 3.10; 4.3 leaves it out)
+    assert [h.get("x-delivery-count", 0) for h in seen] == list(range(MAX_DELIVERIES + 1)), seen
+    if fresh_queue.version.startswith("4.3"):
+        assert [h.get("x-acquired-count") for h in seen] == [None, *range(1, MAX_DELIVERIES + 1)], seen
+    # And it is in task_queue.dead with the broker's reason, not dropped, and task_queue is empty
+    (letter,) = dead.list_letters(url)
+    assert letter.id == task_id
+    assert letter.reason == f"delivery_limit by RabbitMQ (from {config.QUEUE_NAME})"
+    assert letter.headers["x-first-death-reason"] == "delivery_limit"
+    assert queue_depth(url) == 0
+
+    # When it is put back (`proj dead requeue`) and a worker starts
+    assert dead.requeue({task_id}, url) == [task_id]
+    start_worker("w2", url, env=env)
+
+    # Then it runs once and succeeds: the counters it carried did not count it out again
+    recorder.wait_for(lambda r: task_id in r.tasks and r.tasks[task_id].succeeded, TIMEOUT, "requeued task succeeded")
+    assert len(recorder.tasks[task_id].started) == 1
+    assert queue_depth(url, config.DEAD_QUEUE_NAME) == 0
 
 
 def test_task_past_its_time_limit_fails_once_and_is_not_redelivered(fresh_queue, mgmt, start_worker, recorder):

@@ -11,12 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pika
 import pytest
-from helpers import TIMEOUT, publish, wait_until
+from helpers import TIMEOUT, publish, queue_depth, wait_until
 
 from proj import config
 from proj.cli import exits
-from proj.rabbit.node import free_port
+from proj.cli.queues import METRICS_OFF_NOTE
+from proj.rabbit.node import free_port, private_node
 
 PROJ = Path(sys.executable).with_name("proj")
 #: A password no output may show.
@@ -277,3 +279,52 @@ def test_queues_leaves_out_celerys_own_queues_unless_asked_for_all(env, fresh_qu
     assert everything.returncode == 0, everything.stderr
     all_names = {row["name"] for row in json.loads(everything.stdout)}
     assert any(n.startswith("celeryev.") for n in all_names) and any(n.endswith(".pidbox") for n in all_names)
+
+
+# -- With the management plugin's metrics collection off (RabbitMQ 4.3 deprecates it; issue 21) ------------
+
+
+@pytest.fixture(scope="module")
+def node_without_metrics(tmp_path_factory):
+    """A private node whose management plugin collects no statistics: its API lists queues without counts."""
+    node = private_node(
+        tmp_path_factory.mktemp("rabbitmq-no-metrics"),
+        extra_config=("management_agent.disable_metrics_collector = true",),
+    ).start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def test_queues_says_unacked_is_unknown_when_the_broker_collects_no_metrics(node_without_metrics):
+    # Given a node with metrics collection off, three messages in task_queue and a consumer holding one unacked
+    node = node_without_metrics
+    publish(node.url, ["No metrics " + "." * 600] * 3, queue_type="classic")
+    connection = pika.BlockingConnection(pika.ConnectionParameters(host="127.0.0.1", port=node.port))
+    try:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=1)
+        channel.basic_consume(config.QUEUE_NAME, lambda *delivery: None)  # never acks
+        wait_until(lambda: connection.process_data_events(0.1) or queue_depth(node.url) == 2, what="one delivered")
+
+        # When `proj queues` runs, as JSON and as the table
+        env = queues_env(node.url, node.management_url)
+        row = task_queue_row(env)
+        table = run_queues(env=env)
+    finally:
+        connection.close()
+
+    # Then ready and consumers are exact, and unacked is unknown (null), not a 0 that looks real
+    assert row == {
+        "name": config.QUEUE_NAME,
+        "messages_ready": 2,
+        "messages_unacknowledged": None,
+        "consumers": 1,
+        "unacked_may_trail": False,
+    }
+    # And the table shows "?" there, with one line saying why
+    assert table.returncode == 0, table.stderr
+    line = next(line for line in table.stdout.splitlines() if line.split()[0] == config.QUEUE_NAME)
+    assert line.split()[1:] == ["2", "?", "1"]
+    assert [line for line in table.stdout.splitlines() if "metrics collection is off" in line] == [METRICS_OFF_NOTE]

@@ -107,6 +107,12 @@ def walk(conn, visit) -> int:
         channel.close()  # unacked messages return to the queue, in order
 
 
+#: Headers a requeued letter leaves behind: proj's own, the broker's record of its death (``x-death``, and
+#: ``x-first-death-*`` / ``x-last-death-*``) and a quorum queue's counters (RabbitMQ 4.3 hands on a published
+#: ``x-delivery-count``, so a letter put back would otherwise come back already counted out).
+STALE_HEADERS = ("x-proj-", "x-first-death-", "x-last-death-", "x-delivery-count", "x-acquired-count")
+
+
 def list_letters(broker_url: str | None = None) -> list[DeadLetter]:
     letters: list[DeadLetter] = []
     with _connection(broker_url) as conn:
@@ -125,7 +131,7 @@ def requeue(ids: set[str] | None, broker_url: str | None = None) -> list[str]:
         def visit(message, letter) -> bool:
             if ids is not None and letter.id not in ids:
                 return False
-            headers = {k: v for k, v in letter.headers.items() if not k.startswith("x-proj-") and k != "x-death"}
+            headers = {k: v for k, v in letter.headers.items() if not k.startswith(STALE_HEADERS) and k != "x-death"}
             content_type = letter.headers.get(deadletter.ORIGINAL_CONTENT_TYPE, letter.content_type) or None
             encoding = letter.headers.get(deadletter.ORIGINAL_CONTENT_ENCODING, message.content_encoding) or None
             publisher = conn.clone()

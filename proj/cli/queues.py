@@ -6,7 +6,10 @@ AMQP, so it comes from RabbitMQ's management API (``PROJ_MANAGEMENT_URL``, else 
 ``CELERY_BROKER_URL``; the same URL Flower's Broker page reads), whose statistics trail the queue by
 a few seconds (2 to 5 s measured on RabbitMQ 3.10, even at ``collect_statistics_interval = 500``).
 When they visibly trail (their ready or consumer count is not the exact one), the unacked count is
-marked ``~`` and a note says so. A message stuck in ``unacked`` while no worker runs it is the
+marked ``~`` and a note says so. With the management plugin's metrics collection off
+(``management_agent.disable_metrics_collector = true``, which RabbitMQ 4.3 deprecates the collection for)
+the API has no message counts at all: unacked is then ``?`` (``null`` in JSON) and a note says why, rather
+than a 0 that looks real. A message stuck in ``unacked`` while no worker runs it is the
 tutorial's forgotten ack. Celery's own queues (``celeryev.*``, ``*.pidbox``, result reply queues)
 are left out unless ``--all``.
 
@@ -54,6 +57,11 @@ INTERNAL_QUEUE = re.compile(
 )
 #: The mark of an unacked count whose statistics visibly trail the queue.
 TRAILING = "~"
+#: The note under a table whose unacked counts RabbitMQ does not collect.
+METRICS_OFF_NOTE = (
+    "? unacked unknown: RabbitMQ's management metrics collection is off "
+    "(management_agent.disable_metrics_collector), so its API counts no messages (ready and consumers are exact)"
+)
 
 #: The columns, as the table shows them and as the JSON names them (rabbitmqctl's own names).
 COLUMNS = (
@@ -133,10 +141,12 @@ def fetch(mgmt: Management, exact: Exact, names: tuple[str, ...] = (), show_all:
     """One row per queue of the vhost (or of ``names``, in that order), with the table's columns.
 
     ``ready`` and ``consumers`` are exact; ``unacked`` is the management API's, with
-    ``unacked_may_trail`` true when that API's ready or consumer count is not the exact one.
+    ``unacked_may_trail`` true when that API's ready or consumer count is not the exact one, and None
+    (not trailing) when the broker collects no message counts.
     """
     try:
         listed = mgmt.request("GET", f"queues/{urllib.parse.quote(mgmt.vhost, safe='')}")
+        metrics_off = metrics_collection_off(mgmt)
     except ManagementError as exc:
         raise QueuesError(_advice(str(exc))) from exc
     if listed is None:
@@ -157,6 +167,17 @@ def fetch(mgmt: Management, exact: Exact, names: tuple[str, ...] = (), show_all:
         q = stats.get(name)  # None: declared a moment ago, not in the statistics yet
         seen = (int(q.get("messages_ready") or 0), int(q.get("consumers") or 0)) if q else None
         ready, consumers = counts.get(name) or seen or (0, 0)
+        if metrics_off:
+            rows.append(
+                {
+                    "name": name,
+                    "messages_ready": ready,
+                    "messages_unacknowledged": None,
+                    "consumers": consumers,
+                    "unacked_may_trail": False,
+                }
+            )
+            continue
         rows.append(
             {
                 "name": name,
@@ -167,6 +188,11 @@ def fetch(mgmt: Management, exact: Exact, names: tuple[str, ...] = (), show_all:
             }
         )
     return rows
+
+
+def metrics_collection_off(mgmt: Management) -> bool:
+    """Whether the management plugin collects no statistics (its queues then carry no message counts)."""
+    return (mgmt.request("GET", "overview") or {}).get("disable_stats") is True
 
 
 def _advice(error: str) -> str:
@@ -199,6 +225,8 @@ def render_table(rows: list[dict]) -> str:
         return "  ".join([first, *rest])
 
     lines = [line(cells) for cells in [header, *body]]
+    if any(row["messages_unacknowledged"] is None and not row["unacked_may_trail"] for row in rows):
+        lines.append(METRICS_OFF_NOTE)
     if any(row["unacked_may_trail"] for row in rows):
         lines.append(
             f"{TRAILING} unacked comes from RabbitMQ's statistics, a few seconds behind on the queues marked "
@@ -273,7 +301,8 @@ def queues(names, show_all, as_json, watch, interval, count) -> None:
 
     ready and consumers are exact (a passive queue.declare on CELERY_BROKER_URL); unacked comes from
     RabbitMQ's management API at PROJ_MANAGEMENT_URL (default: derived from CELERY_BROKER_URL, port
-    15672), marked ~ when its statistics are visibly behind. NAMES limits the table to those queues.
+    15672), marked ~ when its statistics are visibly behind, ? when RabbitMQ collects none. NAMES limits
+    the table to those queues.
     """
     try:
         mgmt = management()
