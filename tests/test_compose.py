@@ -3,7 +3,8 @@
 One compose project for the module (a unique project name, free host ports), brought up once with two
 workers and torn down with ``down -v --remove-orphans`` also when a test fails. The images are the local
 ones ``./dev.sh images`` builds (``./dev.sh test`` builds them first): the app from the project's own
-Dockerfile, the broker Debian's RabbitMQ 3.10.8 (not the 4.1 users run; see the README).
+Dockerfile, the broker Debian forky's RabbitMQ 4.3.6 (the release users run, not its official image;
+see docs/containers.md).
 
 What the broker and workers did is read from the broker (passive queue declares: exact counts, no
 statistics delay), from Celery's event stream (the one Flower reads) and from the containers' logs and
