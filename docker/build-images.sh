@@ -87,8 +87,8 @@ docker info >/dev/null 2>&1 || die "no Docker engine answers: run ./dev.sh image
 BUILD=$(build_cli)
 
 # -- Debian bases -----------------------------------------------------------------------------------
+tarball="" # the base being built, removed on exit
 # A policy-rc.d that forbids starting services during package installs, as in Docker's Debian images.
-tarball=""  # the base being built, removed on exit
 HOOK='printf "#!/bin/sh\nexit 101\n" > "$1/usr/sbin/policy-rc.d" && chmod 755 "$1/usr/sbin/policy-rc.d"'
 
 # debian_base SUITE: builds $PREFIX/debian:SUITE unless current; sets base_hash to its inputs' hash.

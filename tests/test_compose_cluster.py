@@ -154,22 +154,10 @@ def test_cluster_of_rabbitmq_4_3_comes_up_with_a_quorum_task_queue_and_workers_o
         print(f"consumers by node: {views[-1:]}")
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "crash",
-        "freeze",
-        "isolate",
-        pytest.param(
-            "partition",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="issue 21 partition detection: on RabbitMQ 4.3 (no pause_minority) a node cut off from the "
-                "others keeps its workers' connections, and nothing moves them to the majority yet",
-            ),
-        ),
-    ],
-)
+# partition: on RabbitMQ 4.3 (no pause_minority) the cut-off node keeps its worker, which consumes nothing
+# until the heal (measured 2026-12-07: it never moved within the minute's hold); the count below still holds,
+# since the other workers take the stream. Moving that worker is issue 21's client-side detection.
+@pytest.mark.parametrize("kind", ["crash", "freeze", "isolate", "partition"])
 def test_fault_of_one_node_under_confirmed_publishes_loses_no_confirmed_task(cluster, kind, tmp_path):
     # Given the whole cluster, three workers consuming, and a steady stream of confirmed publishes
     # When one node that a worker consumes from meets the fault, and it is healed once that worker consumes again
