@@ -3,10 +3,13 @@
 #
 #   proj-local/debian:forky      Debian forky minbase from this machine's Debian mirror (mmdebstrap, docker import)
 #   proj-local/debian:bookworm   the same of Debian bookworm
-#   proj-local/rabbitmq:local    docker/rabbitmq/Dockerfile on forky: rabbitmq-server 4.3.6 (Erlang 29), management plugin
+#   proj-local/rabbitmq:4.3      docker/rabbitmq/Dockerfile on forky: rabbitmq-server 4.3.6 (Erlang 29), management plugin
 #   proj-local/python:local      docker/python/Dockerfile on bookworm: Debian's python3 (3.11), a virtualenv at /opt/venv
 #   proj-local/app:local         the project's ./Dockerfile with --build-arg BASE=proj-local/python:local
 #   proj-local/celery-worker:local  docker/celery-worker/Dockerfile: the app plus psutil, for pytest-celery
+#
+# The RabbitMQ image's tag names its release: the tags are shared by every checkout that builds on one engine,
+# and a checkout from before 4.3 builds its 3.10 image as proj-local/rabbitmq:local.
 #
 # Each image is labelled with a hash of its inputs (proj.inputs: its files, and its base's hash);
 # an image whose label matches is kept, so a second run builds nothing. pip inside the app build trusts
@@ -129,7 +132,7 @@ build() {
 
 # RabbitMQ 4.3 from Debian forky; Python 3.11 from bookworm (forky's is newer than the app's tested 3.11).
 debian_base forky
-build "$PREFIX/rabbitmq:local" "$(inputs_hash "$base_hash" docker/rabbitmq)" \
+build "$PREFIX/rabbitmq:4.3" "$(inputs_hash "$base_hash" docker/rabbitmq)" \
   --build-arg "BASE=$PREFIX/debian:forky" docker/rabbitmq
 
 debian_base bookworm

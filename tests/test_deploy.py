@@ -978,4 +978,4 @@ def test_local_override_runs_the_app_image_for_workers_and_flower_and_the_rabbit
     for name in (*APP_SERVICES, *CLUSTER_APP_SERVICES):
         assert images[name] == "proj-local/app:local", name
     for name in ("rabbitmq", *CLUSTER_NODES, "cluster-ready"):
-        assert images[name] == "proj-local/rabbitmq:local", name
+        assert images[name] == "proj-local/rabbitmq:4.3", name
