@@ -21,7 +21,9 @@ debian_mirror() {
 
 # The Debian security mirror apt uses, if any (empty otherwise).
 debian_security_mirror() {
-  grep -hsE '^[[:space:]]*(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+  local found
+  found=$(grep -hsE '^[[:space:]]*(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
     /etc/apt/sources.list.d/*.sources | grep -oE 'https?://[^ ]+/debian-security/?([[:space:]]|$)' | head -1 |
-    tr -d '[:space:]'
+    tr -d '[:space:]')
+  if [ -n "$found" ]; then echo "$found"; fi
 }
