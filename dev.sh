@@ -61,13 +61,9 @@ ensure_rabbitmq() {
   fi
 }
 
-# The first Debian mirror apt uses (deb822 or one-line sources), else deb.debian.org.
-debian_mirror() {
-  local found
-  found=$(grep -hsE '^[[:space:]]*(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-    /etc/apt/sources.list.d/*.sources | grep -oE 'https?://[^ ]+/debian/?([[:space:]]|$)' | head -1 | tr -d '[:space:]')
-  echo "${found:-http://deb.debian.org/debian}"
-}
+# debian_mirror and FORKY_APT_OPTION: shared with docker/build-images.sh.
+# shellcheck source=docker/debian.sh
+. docker/debian.sh
 
 # RabbitMQ 4.3: Debian forky's rabbitmq-server and its Erlang in a minimal root filesystem, built once.
 # Built in a directory of its own and renamed into place when complete, so an interrupted build is
@@ -90,7 +86,7 @@ ensure_rabbitmq_43() {
     [ -e "$old" ] && ! kill -0 "${old##*.}" 2>/dev/null && as_root rm -rf "$old"
   done
   say "building RabbitMQ 4.3 (Debian forky) into $RABBITMQ_ROOTFS from $mirror (once: about 25 s, 245 MB)"
-  if ! as_root mmdebstrap --quiet --variant=minbase --aptopt='Acquire::Check-Valid-Until "false"' \
+  if ! as_root mmdebstrap --quiet --variant=minbase --aptopt="$FORKY_APT_OPTION" \
     --include=rabbitmq-server forky "$building" "$mirror"; then
     as_root rm -rf "$building"
     echo "dev.sh: could not build RabbitMQ 4.3 (see above); PROJ_RABBITMQ=3.10 runs Debian 12's instead" >&2

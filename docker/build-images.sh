@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
 # The local images docker-compose.local.yml runs, built with no image registry at all:
 #
-#   proj-local/debian:bookworm   Debian bookworm minbase from this machine's Debian mirror (mmdebstrap, docker import)
-#   proj-local/rabbitmq:local    docker/rabbitmq/Dockerfile: Debian's rabbitmq-server 3.10.8, management plugin
-#   proj-local/python:local      docker/python/Dockerfile: Debian's python3, a virtualenv at /opt/venv
+#   proj-local/debian:forky      Debian forky minbase from this machine's Debian mirror (mmdebstrap, docker import)
+#   proj-local/debian:bookworm   the same of Debian bookworm
+#   proj-local/rabbitmq:4.3      docker/rabbitmq/Dockerfile on forky: rabbitmq-server 4.3.6 (Erlang 29), management plugin
+#   proj-local/python:local      docker/python/Dockerfile on bookworm: Debian's python3 (3.11), a virtualenv at /opt/venv
 #   proj-local/app:local         the project's ./Dockerfile with --build-arg BASE=proj-local/python:local
 #   proj-local/celery-worker:local  docker/celery-worker/Dockerfile: the app plus psutil, for pytest-celery
+#
+# The RabbitMQ image's tag names its release: the tags are shared by every checkout that builds on one engine,
+# and a checkout from before 4.3 builds its 3.10 image as proj-local/rabbitmq:local.
 #
 # Each image is labelled with a hash of its inputs (proj.inputs: its files, and its base's hash);
 # an image whose label matches is kept, so a second run builds nothing. pip inside the app build trusts
 # this machine's CA bundle through a BuildKit secret: mounted for that one RUN, in no image layer.
 #
 # Needs a running Docker engine (./dev.sh images installs and starts one) and root (mmdebstrap).
-# PROJ_DEBIAN_MIRROR overrides the mirror read from /etc/apt/sources.list*.
+# PROJ_DEBIAN_MIRROR overrides the mirror read from /etc/apt/sources.list* (docker/debian.sh, which
+# dev.sh's RabbitMQ 4.3 root filesystem shares).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=docker/debian.sh
+. docker/debian.sh
 
 PREFIX=proj-local
-SUITE=bookworm
 CA_BUNDLE=${PROJ_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 export DOCKER_BUILDKIT=1
 
@@ -41,22 +47,16 @@ build_cli() {
   die "no docker CLI with BuildKit (docker build --secret): install docker.io or docker-buildx"
 }
 
-# "deb URI SUITE main" lines for the base: this machine's Debian mirror (and its security mirror).
+# "deb URI SUITE main" lines for a base of SUITE: this machine's Debian mirror (and, for a stable suite,
+# its updates and security mirror; forky, Debian testing, has neither).
 apt_lines() {
-  local mirror=${PROJ_DEBIAN_MIRROR:-} security=""
-  local uris
-  uris=$(
-    cat /etc/apt/sources.list.d/*.sources 2>/dev/null | sed -n 's/^URIs:[[:space:]]*//p'
-    cat /etc/apt/sources.list 2>/dev/null | sed -n 's/^deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\?\([^[:space:]]\+\).*/\2/p'
-  ) || true
-  if [ -z "$mirror" ]; then
-    mirror=$(tr ' ' '\n' <<<"$uris" | grep -E '/debian/?$' | head -n1 || true)
-  fi
-  security=$(tr ' ' '\n' <<<"$uris" | grep -E '/debian-security/?$' | head -n1 || true)
-  [ -n "$mirror" ] || die "no Debian mirror in /etc/apt/sources.list*: set PROJ_DEBIAN_MIRROR=http://..."
-  echo "deb $mirror $SUITE main"
-  echo "deb $mirror $SUITE-updates main"
-  if [ -n "$security" ]; then echo "deb $security $SUITE-security main"; fi
+  local suite=$1 mirror security
+  mirror=$(debian_mirror)
+  echo "deb $mirror $suite main"
+  if [ "$suite" = forky ]; then return; fi
+  echo "deb $mirror $suite-updates main"
+  security=$(debian_security_mirror)
+  if [ -n "$security" ]; then echo "deb $security $suite-security main"; fi
 }
 
 # A short hash of strings and of the files under the paths among them.
@@ -89,25 +89,35 @@ took() { say "$1 built in $((SECONDS - $2)) s (inputs $3)"; }
 docker info >/dev/null 2>&1 || die "no Docker engine answers: run ./dev.sh images (it starts one)"
 BUILD=$(build_cli)
 
-# -- Debian base ------------------------------------------------------------------------------------
-APT_LINES_TEXT=$(apt_lines)
-mapfile -t APT_LINES <<<"$APT_LINES_TEXT"
+# -- Debian bases -----------------------------------------------------------------------------------
+tarball="" # the base being built, removed on exit
 # A policy-rc.d that forbids starting services during package installs, as in Docker's Debian images.
 HOOK='printf "#!/bin/sh\nexit 101\n" > "$1/usr/sbin/policy-rc.d" && chmod 755 "$1/usr/sbin/policy-rc.d"'
-BASE=$PREFIX/debian:$SUITE
-base_hash=$(inputs_hash "mmdebstrap --variant=minbase $SUITE" "$HOOK" "${APT_LINES[@]}")
-if ! current "$BASE" "$base_hash"; then
+
+# debian_base SUITE: builds $PREFIX/debian:SUITE unless current; sets base_hash to its inputs' hash.
+debian_base() {
+  local suite=$1 image=$PREFIX/debian:$1 start=$SECONDS lines_text recipe options=()
+  local -a lines
+  lines_text=$(apt_lines "$suite")
+  mapfile -t lines <<<"$lines_text"
+  recipe="mmdebstrap --variant=minbase $suite"
+  if [ "$suite" = forky ]; then
+    options=(--aptopt="$FORKY_APT_OPTION")
+    recipe+=" ${options[*]}"
+  fi
+  base_hash=$(inputs_hash "$recipe" "$HOOK" "${lines[@]}")
+  current "$image" "$base_hash" && return
   command -v mmdebstrap >/dev/null || die "mmdebstrap is missing: apt-get install mmdebstrap (./dev.sh images does)"
-  start=$SECONDS
-  say "building $BASE from ${APT_LINES[0]#deb }"
+  say "building $image from ${lines[0]#deb }"
   tarball=$(mktemp /var/tmp/proj-base.XXXXXX.tar)
   trap 'rm -f "$tarball"' EXIT
-  mmdebstrap --quiet --variant=minbase --format=tar --customize-hook="$HOOK" "$SUITE" "$tarball" "${APT_LINES[@]}" ||
-    die "mmdebstrap could not build Debian $SUITE from ${APT_LINES[0]#deb } (is the mirror reachable?)"
-  docker import -c "LABEL proj.inputs=$base_hash" -c 'CMD ["bash"]' "$tarball" "$BASE" >/dev/null
+  mmdebstrap --quiet --variant=minbase "${options[@]}" --format=tar --customize-hook="$HOOK" \
+    "$suite" "$tarball" "${lines[@]}" ||
+    die "mmdebstrap could not build Debian $suite from ${lines[0]#deb } (is the mirror reachable?)"
+  docker import -c "LABEL proj.inputs=$base_hash" -c 'CMD ["bash"]' "$tarball" "$image" >/dev/null
   rm -f "$tarball"
-  took "$BASE" "$start" "$base_hash"
-fi
+  took "$image" "$start" "$base_hash"
+}
 
 # -- images built from Dockerfiles ------------------------------------------------------------------
 # build IMAGE HASH DOCKER-BUILD-ARGS...
@@ -120,11 +130,14 @@ build() {
   took "$image" "$start" "$hash"
 }
 
-build "$PREFIX/rabbitmq:local" "$(inputs_hash "$base_hash" docker/rabbitmq)" \
-  --build-arg "BASE=$BASE" docker/rabbitmq
+# RabbitMQ 4.3 from Debian forky; Python 3.11 from bookworm (forky's is newer than the app's tested 3.11).
+debian_base forky
+build "$PREFIX/rabbitmq:4.3" "$(inputs_hash "$base_hash" docker/rabbitmq)" \
+  --build-arg "BASE=$PREFIX/debian:forky" docker/rabbitmq
 
+debian_base bookworm
 python_hash=$(inputs_hash "$base_hash" docker/python)
-build "$PREFIX/python:local" "$python_hash" --build-arg "BASE=$BASE" docker/python
+build "$PREFIX/python:local" "$python_hash" --build-arg "BASE=$PREFIX/debian:bookworm" docker/python
 
 # What goes into the app image: .dockerignore decides, the Dockerfile copies these.
 secret=()

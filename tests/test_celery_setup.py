@@ -4,7 +4,7 @@ pytest-celery's own mode, the way its documentation tests an app (its ``examples
 runs ``celery -A proj worker``; its ``examples/hybrid_setup``: containers of a wider scope on a network of
 their own, and a ``celery_worker_cluster`` of several worker nodes). Here:
 
-- the broker is one RabbitMQ container of ``proj-local/rabbitmq:local`` for the module, its AMQP and
+- the broker is one RabbitMQ container of ``proj-local/rabbitmq:4.3`` for the module, its AMQP and
   management ports published (pytest-celery's ``rabbitmq_management`` example);
 - the workers are two containers of ``proj-local/celery-worker:local`` (the app image, docker/celery-worker)
   running ``celery -A proj worker``: proj's app with every setting of proj.config. A pair lives for one test
@@ -48,7 +48,7 @@ from proj.harness.events import EventRecorder, TaskRecord
 from proj.management import Management
 from proj.tasks import TASK_NAME
 
-BROKER_IMAGE = "proj-local/rabbitmq:local"
+BROKER_IMAGE = "proj-local/rabbitmq:4.3"
 WORKER_IMAGE = "proj-local/celery-worker:local"
 IMAGES = (BROKER_IMAGE, WORKER_IMAGE)
 TIMEOUT = 120

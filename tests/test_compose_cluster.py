@@ -1,9 +1,10 @@
 """The cluster across real network boundaries: docker-compose.yml's ``cluster`` profile on the local images.
 
 One compose project for the module (its own name, free host ports, torn down with its volumes also when
-a test fails): three RabbitMQ nodes, one container each on the project's network, with pause_minority,
-net_ticktime 15 and a quorum task_queue; three worker containers, the compose file's ``cluster-worker``
-with failover lists starting at node 1, 2 and 3, writing the ledger (PROJ_LEDGER) to a bind mount.
+a test fails): three RabbitMQ 4.3 nodes, one container each on the project's network, with net_ticktime 15
+and a quorum task_queue (4.3 has no partition handling to set: no pause_minority); three worker
+containers, the compose file's ``cluster-worker`` with failover lists starting at node 1, 2 and 3, writing
+the ledger (PROJ_LEDGER) to a bind mount.
 
 Each fault test is a short ``proj chaos --compose`` run (proj/chaos/compose.py) with one fault of its
 kind on one node that workers consume from: a steady stream of confirmed publishes from the host through
@@ -113,7 +114,7 @@ def assert_nothing_lost(report: dict, kind: str) -> None:
     assert report["ok"], report
 
 
-def test_cluster_comes_up_with_pause_minority_a_quorum_task_queue_and_workers_on_every_node(cluster):
+def test_cluster_of_rabbitmq_4_3_comes_up_with_a_quorum_task_queue_and_workers_on_every_node(cluster):
     # Given the compose cluster profile on the local images, nodes and workers brought up by one
     # `docker-compose up` (compose's own order: nodes healthy, cluster-ready, then the workers)
     management = cluster.management()
@@ -125,16 +126,20 @@ def test_cluster_comes_up_with_pause_minority_a_quorum_task_queue_and_workers_on
     queue = management.queue(config.QUEUE_NAME)
     assert queue["type"] == "quorum"
     assert sorted(queue["members"]) == sorted(f"rabbit@{n}" for n in CLUSTER_NODES)
-    # And every node runs with pause_minority and a 15 s net_ticktime
+    # And every node runs RabbitMQ 4.3 with Khepri as its metadata store, the compose file's one-hour
+    # consumer_timeout and a 15 s net_ticktime, and no partition handling set
     for node in CLUSTER_NODES:
         out = docker(
             "exec",
             cluster.container(node),
             "rabbitmqctl",
             "eval",
-            "{application:get_env(rabbit, cluster_partition_handling), net_kernel:get_net_ticktime()}.",
+            "{rabbit_misc:version(), rabbit_khepri:is_enabled(), application:get_env(rabbit, consumer_timeout), "
+            "net_kernel:get_net_ticktime(), application:get_env(rabbit, cluster_partition_handling)}.",
         )
-        assert out.strip().splitlines()[-1] == "{{ok,pause_minority},15}", (node, out)
+        version, rest = out.strip().splitlines()[-1].split(",", 1)
+        assert version.startswith('{"4.3.'), (node, out)
+        assert rest == "true,{ok,3600000},15,undefined}", (node, out)
     # And the three workers consume, one starting from each node (the management API lists a consumer
     # with its next statistics, seconds after the broker has it)
     assert cluster.consumers() == WORKERS
@@ -149,6 +154,9 @@ def test_cluster_comes_up_with_pause_minority_a_quorum_task_queue_and_workers_on
         print(f"consumers by node: {views[-1:]}")
 
 
+# partition: on RabbitMQ 4.3 (no pause_minority) the cut-off node keeps its worker, which consumes nothing
+# until the heal (measured 2026-12-07: it never moved within the minute's hold); the count below still holds,
+# since the other workers take the stream. Moving that worker is issue 21's client-side detection.
 @pytest.mark.parametrize("kind", ["crash", "freeze", "isolate", "partition"])
 def test_fault_of_one_node_under_confirmed_publishes_loses_no_confirmed_task(cluster, kind, tmp_path):
     # Given the whole cluster, three workers consuming, and a steady stream of confirmed publishes

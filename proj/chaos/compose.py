@@ -1,7 +1,7 @@
 """``proj chaos --compose``: the cluster faults of real network boundaries, on the compose cluster profile.
 
-Three RabbitMQ nodes in containers (docker-compose.yml's ``cluster`` profile on the local images, a
-quorum task_queue, pause_minority), worker containers spread over them (worker N's failover list starts
+Three RabbitMQ 4.3 nodes in containers (docker-compose.yml's ``cluster`` profile on the local images, a
+quorum task_queue), worker containers spread over them (worker N's failover list starts
 at node N), and numbered tasks published from the host with confirms through every node's published
 port. One fault at a time on one node, each healed before the next:
 
@@ -12,9 +12,9 @@ port. One fault at a time on one node, each healed before the next:
 
 A fault is held until every worker that consumed from that node has started a task again (or
 ``hold_max``), then healed; the next waits until the cluster is whole again (three nodes running, no
-partition recorded, every worker consuming). A thawed node that comes back with a partition recorded
-(pause_minority does not heal that one: see :data:`PARTITION_AFTER_THAW`) is restarted, and that
-restart is a fault of its own in the count.
+partition recorded, every worker consuming). The nodes run RabbitMQ 4.3, whose Khepri metadata store has no
+partition handling: no node pauses, and a healed node is never restarted here (3.10's pause_minority
+could leave a thawed node in a recorded partition that only a restart cleared; compose no longer runs 3.10).
 
 The run is ``proj chaos``'s own (proj/chaos/run.py's parts): the seeded schedule (every kind in turn, each
 on a drawn node), the publisher (confirmed publishes through every node's published port, paced by a
@@ -56,7 +56,6 @@ from proj.harness.compose import (
     ComposeCluster,
     ComposeError,
     NodeFaults,
-    docker,
     why_containers_cannot_run,
 )
 from proj.harness.stats import percentile
@@ -66,10 +65,6 @@ KINDS = CONTAINER_KINDS
 HOLD_MAX = 60.0
 #: ... but never before this many: the cluster must notice (a crash is seen at once, the rest take ticks).
 HOLD_MIN = 2.0
-#: After a thaw, seconds the cluster may take to be whole; a partition still recorded then is healed by a restart.
-PARTITION_AFTER_THAW = 45.0
-#: ... or as soon as a partition has been recorded this long.
-PARTITION_SEEN_FOR = 8.0
 #: How long the cluster may take to be whole again after a heal (a node restart on 2 cores: about 20 s).
 WHOLE_TIMEOUT = 240.0
 #: Seconds a blocking read or write on the publisher's connection may take (see Containers.publisher_connection).
@@ -216,8 +211,6 @@ class NodeFaultInjector(FaultLoop):
         for host in record.affected:
             record.reconnected.setdefault(host, None)
             record.consumed_again.setdefault(host, None)
-        if planned.kind != "crash":  # measured after a thaw and after a healed partition (a test timed out on it)
-            self._restart_if_partitioned(node)
         cluster.wait_whole(WHOLE_TIMEOUT)
         record.whole = time.time()
         self.records.append(record)
@@ -271,38 +264,6 @@ class NodeFaultInjector(FaultLoop):
             if at is not None and at >= record.begin:
                 return at - record.begin
         return None
-
-    def _restart_if_partitioned(self, node: str) -> None:
-        """A thawed node whose peers recorded a partition: restart it (what RabbitMQ's docs prescribe).
-
-        Measured: once recorded after a thaw, the partition stayed (pause_minority does not clear it), so
-        a record seen for :data:`PARTITION_SEEN_FOR` s running is not waited on up to the deadline.
-        """
-        deadline = time.monotonic() + PARTITION_AFTER_THAW
-        seen_since = None
-        while time.monotonic() < deadline:
-            if self.cluster.is_whole():
-                return
-            if self._partition_recorded():
-                seen_since = seen_since or time.monotonic()
-                if time.monotonic() - seen_since >= PARTITION_SEEN_FOR:
-                    break
-            else:
-                seen_since = None
-            time.sleep(1.0)
-        if not self._partition_recorded():
-            return
-        begin = time.time()
-        self.state.say(f" [!] {node} healed into a recorded partition (pause_minority does not heal it): restarting it")
-        docker("restart", "-t", "30", self.cluster.container(node))
-        self.cluster.wait_whole(WHOLE_TIMEOUT)
-        self.state.faults.append(
-            checker.Fault("restart_after_heal", begin, time.time(), note=f"node {node}: partition recorded after heal")
-        )
-
-    def _partition_recorded(self) -> bool:
-        views = [self.cluster.node_view(n) for n in CLUSTER_NODES]
-        return any(v and v["partitions"] for v in views)
 
 
 class ComposeChaos:
@@ -436,7 +397,7 @@ class ComposeChaos:
 
     def _describe(self) -> str:
         project = self.cluster.project if self.cluster else "?"
-        return f"compose project {project}: 3 RabbitMQ nodes in containers (quorum task_queue, pause_minority)"
+        return f"compose project {project}: 3 RabbitMQ nodes in containers (quorum task_queue)"
 
     def _figures(self) -> dict:
         """Per fault kind: faults, failover (affected workers consuming again) p50/p99, producer refused seconds."""

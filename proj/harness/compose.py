@@ -56,7 +56,7 @@ def find_compose_files() -> tuple[Path, ...]:
 
 COMPOSE_FILES = find_compose_files()
 #: The local images the compose files need (./dev.sh images builds them).
-IMAGES = ("proj-local/rabbitmq:local", "proj-local/app:local")
+IMAGES = ("proj-local/rabbitmq:4.3", "proj-local/app:local")
 #: Seconds any one docker or compose command may take.
 COMMAND_TIMEOUT = 180.0
 #: The cluster profile's nodes, by compose service name (each also its host name).
@@ -290,7 +290,7 @@ class NodeFaults:
         if os.geteuid() != 0 or not shutil.which("nsenter") or not shutil.which("iptables"):
             raise ComposeError(
                 "the node image has no iptables and this is not root with nsenter and iptables: "
-                "./dev.sh images rebuilds proj-local/rabbitmq:local with it"
+                "./dev.sh images rebuilds proj-local/rabbitmq:4.3 with it"
             )
         pid = self.project.inspect(container, "{{.State.Pid}}")
         argv = ["nsenter", "-t", pid, "-n", "iptables", *args]
