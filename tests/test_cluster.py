@@ -664,7 +664,7 @@ def test_worker_and_producer_on_a_node_cut_off_from_the_majority_move_to_it_with
             time.sleep(0.05)
         moved_after = time.monotonic() - cut
         assert moved_after <= MOVE_BOUND, f"w1 consumed from the majority only {moved_after:.1f} s after the cut"
-        print(f"{fault}: .delay() confirmed in {delay_took:.1f} s; w1 ran a task on the majority at {moved_after:.1f} s")
+        print(f"{fault}: .delay() confirmed in {delay_took:.1f} s, w1 ran a majority task at {moved_after:.1f} s")
 
         # And nothing is lost: the task started on the cut-off node and those published on the majority get done
         wait_until(

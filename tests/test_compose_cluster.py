@@ -11,8 +11,9 @@ kind on one node that workers consume from: a steady stream of confirmed publish
 every node's published port (proj.tasks.work.apply_async, every confirmed id recorded), the fault, its
 heal, and then proj chaos's own count (proj/chaos/checker.py): no confirmed task lost, every one done,
 nothing unexpected, every duplicate explained by the fault, task_queue empty. Timings are reported (in
-the run's report and on stderr); one is asserted as a bound, not a speed: a worker whose node froze
-reaches another node within two heartbeats plus 15 s (Celery's defaults took minutes). Part of
+the run's report and on stderr); one is asserted as a bound, not a speed: the workers of the faulty node
+consume from another node within 30 s (Celery's defaults took minutes after a freeze; nothing moved them off
+a cut-off node on 4.3 before proj/majority.py). Part of
 ``./dev.sh test`` (about 5 minutes); skipped with the reason where containers cannot run (failed under
 ``CI=true``).
 """
@@ -154,9 +155,14 @@ def test_cluster_of_rabbitmq_4_3_comes_up_with_a_quorum_task_queue_and_workers_o
         print(f"consumers by node: {views[-1:]}")
 
 
-# partition: on RabbitMQ 4.3 (no pause_minority) the cut-off node keeps its worker, which consumes nothing
-# until the heal (measured 2026-12-07: it never moved within the minute's hold); the count below still holds,
-# since the other workers take the stream. Moving that worker is issue 21's client-side detection.
+#: The most a worker may take to consume from another node after its node's fault (issue 21). A crash closes
+#: its connection (0.1 s); isolation and a freeze cost two missed heartbeats (PROJ_BROKER_HEARTBEAT 8 s: 14-18 s,
+#: the other nodes' election within net_ticktime 15); a partition leaves the node answering its clients, and the
+#: worker's probe (proj/majority.py) moves it once a majority node confirms (its interval + timeout, 6 s, after
+#: the majority's own election).
+MOVE_BOUND = 30.0
+
+
 @pytest.mark.parametrize("kind", ["crash", "freeze", "isolate", "partition"])
 def test_fault_of_one_node_under_confirmed_publishes_loses_no_confirmed_task(cluster, kind, tmp_path):
     # Given the whole cluster, three workers consuming, and a steady stream of confirmed publishes
@@ -165,15 +171,13 @@ def test_fault_of_one_node_under_confirmed_publishes_loses_no_confirmed_task(clu
 
     # Then nothing confirmed is lost, everything is done, duplicates are explained, the queues end empty
     assert_nothing_lost(report, kind)
-    if kind == "freeze":
-        # And a worker whose node froze (its connection open and silent) gave it up after two missed
-        # heartbeats and reached another node within the heartbeat bound, not Celery's minutes
-        (fault,) = report["compose"]["faults"]
-        bound = 2 * config.BROKER_HEARTBEAT + 15
-        moved = fault["reconnected"]
-        assert moved and all(t is not None and t < bound for t in moved.values()), (
-            f"moved after {moved} s, bound {bound}"
-        )
+    # And every worker of that node consumed from another node within the bound, by itself (on RabbitMQ 4.3
+    # nothing closes a cut-off node's connections: the worker's own probe notices)
+    (fault,) = report["compose"]["faults"]
+    moved = fault["reconnected"]
+    assert moved and all(t is not None and t < MOVE_BOUND for t in moved.values()), (
+        f"{kind}: consuming on another node after {moved} s, bound {MOVE_BOUND}"
+    )
 
 
 def test_proj_queues_shows_task_queue_with_node_1_dead(cluster):
