@@ -43,9 +43,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from celery import bootsteps
 from kombu import Connection, Queue
+from kombu.utils.url import maybe_sanitize_url as hide_password
 
 from proj import config
-from proj.management import hide_password
 
 logger = logging.getLogger(__name__)
 

@@ -8,12 +8,16 @@ on Celery's in-memory transport. Every claim about the broker is proven elsewher
 from __future__ import annotations
 
 import ast
+from types import SimpleNamespace
 
 import pytest
+from celery import Celery
 from celery.contrib.pytest import celery_worker  # noqa: F401  (the embedded worker, no Docker)
 
-from proj import config
+from proj import config, majority
 from proj.celery import app as proj_app
+from proj.producer import NODES_TRIED, nodes_tried
+from proj.rabbit import netsplit
 from proj.tasks import work
 
 #: The project's settings, exactly as proj.config states them.
@@ -128,3 +132,45 @@ def test_every_setting_has_a_comment_naming_its_reason():
         while above in setting_lines:
             above -= 1
         assert lines[above - 1].startswith("#"), f"proj/config.py:{node.lineno} has no comment above it"
+
+
+# -- a cluster: what a worker and a producer do with a failover list (proj/majority.py, proj/producer.py) ----
+
+FAILOVER = "amqp://u:p@n1:5672//;amqp://u:p@n2:5672//;amqp://u:p@n3:5672//"
+
+
+def test_a_worker_leaving_a_cut_off_node_puts_the_majoritys_node_first_for_every_new_connection():
+    app = Celery("failover", broker=FAILOVER, set_as_current=False)
+    assert majority.broker_urls(app) == FAILOVER.split(";")
+    majority.put_first(app, "amqp://u:p@n2:5672//")
+    order = ["amqp://u:p@n2:5672//", "amqp://u:p@n3:5672//", "amqp://u:p@n1:5672//"]
+    assert app.conf.broker_read_url == app.conf.broker_write_url == ";".join(order)
+    assert majority.broker_urls(app) == majority.broker_urls(app, write=True) == order
+
+
+def test_a_delay_tries_up_to_three_nodes_of_a_failover_list_and_one_otherwise():
+    cluster = Celery("cluster", broker=FAILOVER + ";amqp://u:p@n4:5672//", set_as_current=False)
+    single = Celery("single", broker="amqp://u:p@n1:5672//", set_as_current=False)
+    assert nodes_tried(cluster, {}) == NODES_TRIED == 3
+    assert nodes_tried(single, {}) == 1
+    # a caller that re-sends by itself, or names its own connection or producer, gets one node
+    assert nodes_tried(cluster, {"retry": False}) == 1
+    assert nodes_tried(cluster, {"connection": object()}) == 1
+
+
+def test_a_partition_drops_both_directions_of_every_distribution_connection_of_the_node_and_no_other():
+    nodes = [
+        SimpleNamespace(dist_source=netsplit.source_address(5000 + i), dist_port=25000 + i, node_name=f"n{i}")
+        for i in range(3)
+    ]
+    cluster = SimpleNamespace(port=5000, size=3, nodes=nodes, node=lambda n: nodes[n - 1])
+    rules = netsplit._rules(cluster, 1)
+    # node 1 to each peer and each peer to node 1, both directions: 2 peers x 2 openers x 2 directions
+    assert len(rules) == 8
+    text = [" ".join(r) for r in rules]
+    assert all(r.endswith("-m comment --comment proj-netsplit-5000 -j DROP") for r in text)
+    assert f"-s {nodes[0].dist_source} -p tcp --dport 25001" in " | ".join(text)
+    assert f"-s {nodes[2].dist_source} -p tcp --dport 25000" in " | ".join(text)
+    # nodes 2 and 3 still talk to each other
+    assert not any(nodes[1].dist_source in r and "--dport 25002" in r for r in text)
+    assert netsplit.source_address(5000) == "127.1.19.136"
