@@ -193,6 +193,20 @@ def test_checker_explains_a_duplicate_whose_ack_was_cut_off_by_a_broker_restart(
     assert report.duplicated == 1 and report.duplicated_explained == 1 and report.ok is True
 
 
+def test_checker_explains_one_run_per_send_after_a_failed_one_and_no_more():
+    # Given a task sent four more times after failed sends (a node cut off from its cluster keeps each copy,
+    # unconfirmed, and hands them all on after the heal), run five times; and one sent again once, run three times
+    published = {"cut": "m cut", "once": "m once"}
+    rows = [r for at in (1.0, 2.0, 3.0, 4.0, 5.0) for r in done_once("cut", 100, at)]
+    rows += [r for at in (6.0, 7.0, 8.0) for r in done_once("once", 100, at)]
+
+    report = check(published, rows, republished={"cut": 4, "once": 1}, queue={"ready": 0, "unacked": 0})
+
+    # Then each copy sent explains one run, and a run beyond them is unexplained
+    assert report.duplicated == 2 and report.duplicated_explained == 1
+    assert [u["task_id"] for u in report.unexplained] == ["once"] and report.ok is False
+
+
 def test_checker_fails_a_run_that_leaves_messages_in_the_queue():
     published = {"t1": "m t1"}
     report = check(published, done_once("t1", 100, 1.0), queue={"ready": 0, "unacked": 1})

@@ -166,9 +166,9 @@ def explain(
     runs: Mapping[str, list[Execution]],
     done_count: Mapping[str, int],
     faults: list[Fault],
-    republished: set[str],
+    republished: Mapping[str, int],
 ) -> Explanation:
-    """Each extra 'done' of a task needs one cause: a fault that cut off one of its runs, or a republish."""
+    """Each extra 'done' of a task needs one cause: a fault that cut off one of its runs, or a send after a failure."""
     result = Explanation()
     for task_id, task_runs in runs.items():
         found = redeliveries(task_runs, faults)
@@ -176,8 +176,7 @@ def explain(
         for kind, latency in found:
             result.hits[kind] += 1
             result.latencies[kind].append(latency)
-        if task_id in republished:
-            kinds.append("republished")
+        kinds.extend(["republished"] * republished.get(task_id, 0))
         extra = done_count[task_id] - 1
         if extra <= 0:
             continue
@@ -236,7 +235,7 @@ def check(
     published: Mapping[str, str],
     rows: Iterable[Mapping],
     faults: Iterable[Fault] = (),
-    republished: Iterable[str] = (),
+    republished: Mapping[str, int] | Iterable[str] = (),
     unconfirmed: Iterable[str] = (),
     queue: Mapping | None = None,
     held: Iterable[Mapping] = (),
@@ -244,13 +243,13 @@ def check(
     """Count lost, duplicated (explained or not) and unexpected tasks; measure redelivery latency.
 
     ``published``: task id -> message, every publish the broker confirmed. ``rows``: the ledger.
-    ``republished``: ids whose publish failed once and was sent again (each may exist twice).
+    ``republished``: task id -> sends after a failed send (each copy may exist; an id alone: one such send).
     ``unconfirmed``: ids sent but never confirmed (a run cut short); their rows are not unexpected.
     ``queue``: the work queue at the end (``ready``, ``unacked``); anything left fails the run.
     ``held``: what the watch found held without starting past its bound; anything fails the run.
     """
     faults = sorted(faults, key=lambda f: f.begin)
-    republished = set(republished)
+    republished = Counter(republished)  # ids alone: one such send each
     rows = list(rows)
     runs = executions(rows)
     done_count = Counter(r["task_id"] for r in rows if r["event"] == "done")

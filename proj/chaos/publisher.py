@@ -87,7 +87,8 @@ class Publisher:
                     state.first_publish = first_try
                 state.published[task_id] = message
             # Only ids published again after an error can exist twice; one that was sent once is not.
-            state.republished &= set(state.published)
+            for task_id in set(state.republished) - set(state.published):
+                del state.republished[task_id]
         except Exception as exc:
             state.publisher_failure = f"publisher crashed: {type(exc).__name__}: {exc}"
         finally:
@@ -151,7 +152,7 @@ class Publisher:
         if len(state.publish_error_samples) < MAX_SAMPLES:
             state.publish_error_samples.append(f"{task_id}: {type(exc).__name__}: {exc}")
         if task_id in state.sent:
-            state.republished.add(task_id)
+            state.republished[task_id] += 1
         self._release()
 
     def _release(self) -> None:

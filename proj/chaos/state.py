@@ -86,7 +86,9 @@ class RunState:
     #: Sent at least once (confirmed or not).
     sent: set[str] = dataclasses.field(default_factory=set)
     #: Sent again after a publish error: each may exist twice.
-    republished: set[str] = dataclasses.field(default_factory=set)
+    #: Task id -> sends after a failed one (each copy sent may exist: a node cut off from its cluster keeps what it
+    #: was sent, unconfirmed, and hands it on once the partition heals).
+    republished: Counter = dataclasses.field(default_factory=Counter)
     publish_errors: Counter = dataclasses.field(default_factory=Counter)
     publish_error_samples: list[str] = dataclasses.field(default_factory=list)
     publisher_failure: str | None = None
