@@ -102,7 +102,7 @@ def heal(cluster: Cluster, timeout: float = 60) -> None:
             cluster.start_node(n)
     # The restart of a node a partition is recorded against is for pause_minority (3.10) only: RabbitMQ 4.x
     # (Khepri) has no partition handling, records no partition, and a healed node rejoins by itself.
-    pause_minority = (cluster.node(1).version() or "").startswith("3.")
+    pause_minority = (cluster.node(1).version or "").startswith("3.")
     if _healthy_within(cluster, timeout, partition_for=PARTITION_SEEN_FOR if pause_minority else None):
         return
     for n in _cut_off(cluster):
