@@ -25,6 +25,13 @@ from proj import compat, frames
 class RPCBackend(CeleryRPCBackend):
     """``rpc://`` (one reply queue per client process, results sent only to the task's sender)."""
 
+    #: Celery's rpc backend sends a result up to 21 times (max_retries 20), each send waiting up to
+    #: PROJ_PUBLISH_TIMEOUT for its confirm. A result whose reply queue is on a node that froze or was cut off
+    #: from its cluster is never confirmed: a pool process was seen held for minutes after its task was done
+    #: (RabbitMQ 4.3, tests/test_cluster.py), with the message unacked meanwhile. Three sends, then Celery logs
+    #: the error and the task's message is acked: the task ran; only its sender, gone with that node, misses it.
+    retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._reply_queues: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
