@@ -30,7 +30,8 @@ again in the same round as the others once the election is over.
 
 Bound: the probe notices within interval + timeout (2 + 4 s by default) and moves within one timeout of
 the majority's own election (11-19 s with ``net_ticktime`` 15): consuming from a majority node within 30 s
-of the cut (tests/test_cluster.py asserts it, for a partition and a frozen node; the compose test too).
+of the cut (tests/test_cluster.py asserts it for a partition; tests/test_compose_cluster.py for a partition,
+a freeze, an isolation and a crash).
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ PROBE_QUEUE = Queue(
     "proj.probe",
     durable=True,
     queue_arguments={"x-queue-type": "quorum", "x-max-length": 1},
-    no_declare=False,
 )
 
 

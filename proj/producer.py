@@ -67,7 +67,8 @@ class MessageTask(Task):
             options["task_id"] = uuid()
         started = time.monotonic()
         # A failover list: PROJ_PUBLISH_TIMEOUT for each of up to NODES_TRIED nodes (see nodes_tried).
-        bound = config.PUBLISH_TIMEOUT * nodes_tried(self.app, options)
+        nodes = nodes_tried(self.app, options)
+        bound = config.PUBLISH_TIMEOUT * nodes
         # retry=False: the first nack is the caller's (it re-sends by itself, and counts it).
         deadline = started + (0.0 if options.get("retry") is False else bound)
         pause, sends = NACK_RETRY_FIRST_PAUSE, 0
@@ -75,7 +76,7 @@ class MessageTask(Task):
             try:
                 # Every confirm of this call, Celery's re-sends included, within the bound.
                 with confirms.deadline(started + bound):
-                    return self._publish_once(args, kwargs, rest, options)
+                    return self._publish_once(args, kwargs, rest, options, nodes)
             except _Nacked as nacked:
                 sends += 1
                 if time.monotonic() + pause > deadline:
@@ -89,7 +90,7 @@ class MessageTask(Task):
                 time.sleep(pause)
                 pause = min(pause * 2, NACK_RETRY_MAX_PAUSE)
 
-    def _publish_once(self, args, kwargs, rest, options):
+    def _publish_once(self, args, kwargs, rest, options, nodes: int = 1):
         queue = options.get("queue") or config.QUEUE_NAME
         queue = getattr(queue, "name", queue)
         try:
@@ -104,7 +105,7 @@ class MessageTask(Task):
                     # a failover list: the fast path closed that connection and moved it to the next node
                 except Exception:  # noqa: BLE001 - fastpath.Unavailable, or anything it did not foresee
                     pass  # Celery's path, same id: it connects, declares task_queue, selects confirms or reconnects
-            if nodes_tried(self.app, options) > 1:
+            if nodes > 1:
                 return self._apply_async_bounded(args, kwargs, rest, options)
             return super().apply_async(args, kwargs, *rest, **options)
         except (MessageNacked, OperationalError, confirms.ConfirmTimeout) as exc:
