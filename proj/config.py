@@ -104,6 +104,9 @@ RABBITMQ_BIN = os.environ.get("PROJ_RABBITMQ_BIN") or None
 PROBE_INTERVAL = _env("PROJ_PROBE_INTERVAL", "2", float)
 PROBE_TIMEOUT = _env("PROJ_PROBE_TIMEOUT", "4", float)
 
+#: The worker's pool: ``prefork`` (a pool process per task slot) or ``threads`` (proj/pool.py: task threads in
+#: the worker's own process, one process per worker). Fair dispatch and acks late hold in both.
+POOL = _env("PROJ_POOL", "prefork", str, ("prefork", "threads"))
 #: Seconds between AMQP heartbeats: a silent connection is given up after two of them (broker_heartbeat).
 BROKER_HEARTBEAT = _env("PROJ_BROKER_HEARTBEAT", "8", float)
 
@@ -212,6 +215,12 @@ worker_cancel_long_running_tasks_on_connection_loss = True
 # Docs: configuration.html#worker-prefetch-multiplier
 worker_prefetch_multiplier = _env("PROJ_PREFETCH_MULTIPLIER", "1", int)
 
+# Where a task runs. `prefork` (Celery's default): in a pool process the worker's main process forks, killed
+# and replaced when a task passes the hard time limit. `threads`: in a thread of the worker's own process
+# (proj/pool.py): one process per worker, acks sent by the task's thread, the hard time limit kept by a
+# watchdog; heartbeats, remote control and task events go on while a task runs in either. `-P` overrides.
+# Docs: configuration.html#worker-pool
+worker_pool = {"prefork": "prefork", "threads": "proj.pool:TaskThreads"}[POOL]
 # One `celery -A proj worker` is one tutorial worker.py; `-c N` runs N processes, one message each.
 # Docs: configuration.html#worker-concurrency
 worker_concurrency = _env("PROJ_CONCURRENCY", "1", int)

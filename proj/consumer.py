@@ -33,7 +33,7 @@ from celery.worker.consumer.delayed_delivery import DelayedDelivery as CeleryDel
 from kombu import Exchange, Producer
 from kombu.utils.url import maybe_sanitize_url
 
-from proj import compat, config, deadletter, guard
+from proj import compat, config, deadletter, guard, pool
 from proj.messages import TASK_NAME
 
 logger = get_logger(__name__)
@@ -281,9 +281,15 @@ class Consumer(CeleryConsumer):
 
     def _on_loop_thread(self) -> bool:
         """True when called by the event loop's own thread (kombu 5.7's Hub records it as it starts)."""
-        return (
-            self._loop_thread_known and self.hub is not None and compat.loop_thread(self.hub) == threading.get_ident()
-        )
+        ident = self._loop_ident
+        if ident is None:
+            if not (self._loop_thread_known and self.hub is not None):
+                return False
+            ident = self._loop_ident = compat.loop_thread(self.hub)
+        return ident == threading.get_ident()
+
+    #: The event loop's thread, once it runs (the worker's main thread: it stays the same for the worker's life).
+    _loop_ident: int | None = None
 
     def call_soon_ack(self, p, *args, **kwargs):
         """Send an ack (or reject) at once when the event loop's own thread asks for it.
@@ -295,7 +301,7 @@ class Consumer(CeleryConsumer):
         already sends it at once when there is no hub; on the loop's thread that is as safe. Another
         thread (``-P threads``) still goes through ``call_soon``, which wakes the loop.
         """
-        if not self._on_loop_thread():
+        if not self._on_loop_thread() and not pool.on_task_thread():
             return super().call_soon_ack(p, *args, **kwargs)
         try:
             p(*args, **kwargs)
@@ -313,14 +319,20 @@ class Consumer(CeleryConsumer):
         when 24 are buffered), and the loop's poll wakes up for that timer: a solo worker's events are
         not left waiting for the next heartbeat. Another thread (``-P threads``) keeps Celery's path.
         """
-        if self.hub is None or not self._on_loop_thread():
+        if self.hub is None:
+            return super().on_send_event_buffered()
+        on_loop = self._on_loop_thread()
+        if not on_loop and not pool.on_task_thread():
             return super().on_send_event_buffered()
         now = time.monotonic()
         # A timer dropped with a broken connection's loop must not hold the events for good: schedule
         # again when the last one is overdue.
         if self._events_flush_due is None or now > self._events_flush_due + EVENT_FLUSH_INTERVAL * 10:
             self._events_flush_due = now + EVENT_FLUSH_INTERVAL
-            self.hub.call_later(EVENT_FLUSH_INTERVAL, self._flush_events_timed)
+            if on_loop:
+                self.hub.call_later(EVENT_FLUSH_INTERVAL, self._flush_events_timed)
+            else:
+                self.hub.call_soon(self.hub.call_later, EVENT_FLUSH_INTERVAL, self._flush_events_timed)
         return None
 
     _events_flush_due: float | None = None

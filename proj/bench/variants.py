@@ -31,6 +31,7 @@ class Variant:
     concurrency: int = 1
     #: Messages sent the way `.delay()` sends them (a result is published back for each).
     results: bool = False
+    env: dict = dataclasses.field(default_factory=dict)
 
 
 VARIANTS = [
@@ -87,6 +88,12 @@ VARIANTS = [
         extra_args=("-P", "threads", "--include", "proj.bench.watchdog"),
     ),
     Variant(
+        "task threads",
+        "PROJ_POOL=threads (proj/pool.py): the task runs in a thread of the worker's process, acked from there; "
+        "the hard time limit kept by a watchdog; heartbeats, remote control and events go on during a task",
+        env={"PROJ_POOL": "threads"},
+    ),
+    Variant(
         "results wanted",
         "messages sent like .delay() (not ignore_result): each result is published back over rpc://",
         results=True,
@@ -117,6 +124,7 @@ def run(plan: Plan, names: list[str] | None = None, work_dir=None) -> dict:
                 settings=v.settings,
                 concurrency=v.concurrency,
                 extra_args=v.extra_args,
+                env=v.env,
             )
         peers = {"pika": PikaFleet("vpika-", url, logs, W, seconds_per_dot=SECONDS_PER_DOT)}
         if dramatiq_available():
