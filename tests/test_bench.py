@@ -161,12 +161,17 @@ def test_every_section_has_positive_figures_whose_ratios_are_their_quotients(qui
     assert bulk["bulk"] > 0 and bulk["pika"] > 0 and len(bulk["runs"]["bulk"]) == reps
     assert close(bulk["ratio"], bulk["bulk"] / bulk["pika"])
 
-    # The solo option: one process per worker, its drain against pika's and its 10 ms tasks against the ceiling
-    solo = figures["solo"]
-    assert solo["drain"] > 0 and solo["drain_pika"] > 0 and solo["short"] > 0
-    assert close(solo["drain_ratio"], solo["drain"] / solo["drain_pika"])
-    assert close(solo["short_ratio"], solo["short"] / short["ceiling"])
-    assert solo["idle_kib"] > 0 and solo["busy_kib"] > 0
+    # The options (solo, threads): one process per worker, each drain against pika's (and dramatiq's, in the same
+    # rotation) and its 10 ms tasks against the ceiling
+    for key in ("solo", "threads"):
+        opt = figures[key]
+        assert opt["drain"] > 0 and opt["drain_pika"] > 0 and opt["short"] > 0, key
+        assert close(opt["drain_ratio"], opt["drain"] / opt["drain_pika"])
+        assert close(opt["short_ratio"], opt["short"] / short["ceiling"])
+        assert opt["idle_kib"] > 0 and opt["busy_kib"] > 0
+        if "dramatiq" in figures["machine"] and figures["machine"]["dramatiq"]:
+            assert close(opt["drain_ratio_dramatiq"], opt["drain"] / opt["drain_dramatiq"])
+            assert opt["dramatiq_idle_kib"] > 0 and opt["dramatiq_busy_kib"] > 0
 
     # And each target is judged on the figure it names
     judged = {t["name"]: t for t in figures["targets"]}

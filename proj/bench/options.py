@@ -3,8 +3,9 @@
 - Bulk publish: ``proj.tasks.send_many`` (``new-task --file``), pipelined confirms on one channel,
   alternated with pika's confirmed ``basic_publish`` one at a time (the issue's target: 2x).
 - The solo worker: ``python -m proj.worker -P solo`` (the task in the worker's main process, no pool
-  child; Celery's command line without its other commands), alternated with pika on the drain and
-  the 10 ms tasks, with its memory idle and busy.
+  child; Celery's command line without its other commands), and the threads pool: ``PROJ_POOL=threads
+  python -m proj.worker`` (proj/pool.py: the task in a thread of the worker's process), each alternated
+  with pika and dramatiq on the drain and the 10 ms tasks, with its memory idle and busy.
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ from proj.bench.load import publish_pika
 from proj.bench.run import SECONDS_PER_DOT, Bench, RssSampler, W, say
 from proj.bulk import send_many
 
-#: What the solo option runs instead of ``celery -A proj worker -c 1``.
-SOLO_ARGS = ("-P", "solo")
+#: Each option (figures key -> worker options, environment, the command as documented): run in place of
+#: ``celery -A proj worker -c 1``, launched as ``python -m proj.worker`` (Celery's worker command without the rest).
+OPTIONS = {
+    "solo": (("-P", "solo"), {}, "python -m proj.worker -P solo"),
+    "threads": ((), {"PROJ_POOL": "threads"}, "PROJ_POOL=threads python -m proj.worker"),
+}
 
 
-class SoloFleet(CeleryFleet):
-    """Workers started as ``python -m proj.worker -P solo``: one process each, no pool child."""
+class LeanFleet(CeleryFleet):
+    """Workers started as ``python -m proj.worker ...``: one process each when the pool forks none."""
 
-    def __init__(self, name: str, url: str, log_dir, n: int):
-        super().__init__(name, url, log_dir, n, seconds_per_dot=SECONDS_PER_DOT, extra_args=SOLO_ARGS)
+    def __init__(self, name: str, url: str, log_dir, n: int, extra_args=(), env=None):
+        super().__init__(name, url, log_dir, n, seconds_per_dot=SECONDS_PER_DOT, extra_args=extra_args, env=env)
 
     def _new(self, i: int):
         worker = super()._new(i)
@@ -34,11 +39,14 @@ class SoloFleet(CeleryFleet):
         return worker
 
 
-def start_solo(bench: Bench) -> SoloFleet:
-    fleet = SoloFleet("solo", bench.node.url, bench.dir / "workers", W)
-    say(f"starting workers: {W} solo (python -m proj.worker -P solo)")
-    bench.start_fleets([fleet])
-    return fleet
+def start_options(bench: Bench) -> dict[str, LeanFleet]:
+    fleets = {
+        key: LeanFleet(key, bench.node.url, bench.dir / "workers", W, extra_args=args, env=env)
+        for key, (args, env, _) in OPTIONS.items()
+    }
+    say(f"starting workers: {W} of each option ({'; '.join(command for _, _, command in OPTIONS.values())})")
+    bench.start_fleets(list(fleets.values()))
+    return fleets
 
 
 def section_bulk(bench: Bench) -> dict:
@@ -65,33 +73,51 @@ def section_bulk(bench: Bench) -> dict:
     return {"messages": n, "bulk": med["bulk"], "pika": med["pika"], "ratio": med["bulk"] / med["pika"], "runs": runs}
 
 
-def section_solo(bench: Bench, solo: SoloFleet) -> dict:
-    """The solo option on W processes: no-op drain and 10 ms tasks against pika, and its memory."""
+def section_option(bench: Bench, key: str, fleet: LeanFleet) -> dict:
+    """One option on W processes: no-op drain and 10 ms tasks against pika (and dramatiq), and its memory."""
     plan = bench.plan
-    idle = rss_kib(solo.pids(1))
+    command = OPTIONS[key][2]
+    idle = rss_kib(fleet.pids(1))
+    peer_idle = rss_kib(bench.dramatiq.pids(1)) if bench.dramatiq else None
     no_ops, short = ["bench"] * plan.drain_tasks, ["."] * plan.short_tasks
-    say(f"solo option: {plan.drain_tasks} no-op and {plan.short_tasks} 10 ms tasks, W = {W}, vs pika, {plan.reps} runs")
-    drain = bench.alternate(
-        {"solo": lambda: bench.drain(solo, W, no_ops), "pika": lambda: bench.drain(bench.pika, W, no_ops)}, plan.reps
-    )
-    sampler = RssSampler({"solo": lambda: solo.pids(1), "pika": lambda: bench.pika.pids(1)})
-    with sampler:
-        tens = bench.alternate(
-            {"solo": lambda: bench.drain(solo, W, short), "pika": lambda: bench.drain(bench.pika, W, short)}, plan.reps
+    say(f"{key} option: {plan.drain_tasks} no-op and {plan.short_tasks} 10 ms tasks, W = {W}, {plan.reps} runs")
+
+    def contenders(messages):
+        return bench.with_peer(
+            {key: lambda: bench.drain(fleet, W, messages), "pika": lambda: bench.drain(bench.pika, W, messages)},
+            lambda peer: bench.drain(peer, W, messages),
         )
+
+    drain = bench.alternate(contenders(no_ops), plan.reps)
+    watched = {key: lambda: fleet.pids(1), "pika": lambda: bench.pika.pids(1)}
+    if bench.dramatiq:
+        watched["dramatiq"] = lambda: bench.dramatiq.pids(1)
+    sampler = RssSampler(watched)
+    with sampler:
+        tens = bench.alternate(contenders(short), plan.reps)
     ceiling = W / SECONDS_PER_DOT
     d = {k: statistics.median(v) for k, v in drain.items()}
     t = {k: statistics.median(v) for k, v in tens.items()}
-    return {
+    out = {
         "workers": W,
-        "command": "python -m proj.worker -P solo",
-        "drain": d["solo"],
+        "command": command,
+        "drain": d[key],
         "drain_pika": d["pika"],
-        "drain_ratio": d["solo"] / d["pika"],
-        "short": t["solo"],
-        "short_ratio": t["solo"] / ceiling,
+        "drain_ratio": d[key] / d["pika"],
+        "short": t[key],
+        "short_ratio": t[key] / ceiling,
         "idle_kib": idle,
-        "busy_kib": sampler.peaks["solo"],
+        "busy_kib": sampler.peaks[key],
         "pika_busy_kib": sampler.peaks["pika"],
         "runs": {"drain": drain, "short": tens},
     }
+    if bench.dramatiq:
+        out.update(
+            drain_dramatiq=d["dramatiq"],
+            drain_ratio_dramatiq=d[key] / d["dramatiq"],
+            short_dramatiq=t["dramatiq"],
+            short_ratio_dramatiq=t[key] / t["dramatiq"],
+            dramatiq_idle_kib=peer_idle,
+            dramatiq_busy_kib=sampler.peaks["dramatiq"],
+        )
+    return out

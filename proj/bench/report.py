@@ -47,6 +47,46 @@ def targets(figures: dict) -> list[dict]:
     return out
 
 
+def option_rows(add, opt: dict, st: dict, mem: dict, peer: bool) -> None:
+    """The rows of one option (proj/bench/options.py): drain, 10 ms tasks and memory, with dramatiq when it ran."""
+    on_peer = peer and "drain_dramatiq" in opt
+
+    def vs(value_key: str, ratio_key: str) -> tuple[str, str]:
+        return (_n(opt[value_key]), _r(opt[ratio_key])) if on_peer else ("", "")
+
+    add(
+        f"Option `{opt['command']}`: drain no-op tasks, W = {opt['workers']} (tasks/s)",
+        _n(opt["drain"]),
+        _n(opt["drain_pika"]),
+        _r(opt["drain_ratio"]),
+        "(>= 0.5)",
+        *vs("drain_dramatiq", "drain_ratio_dramatiq"),
+    )
+    add(
+        f"... 10 ms tasks, W = {opt['workers']} (tasks/s; ratio to the ceiling {_n(st['ceiling'])}/s)",
+        _n(opt["short"]),
+        "",
+        _r(opt["short_ratio"]),
+        "(>= 0.95)",
+        *vs("short_dramatiq", "short_ratio_dramatiq"),
+    )
+    add(
+        "... memory (RSS) idle / busy (one process, no pool child)",
+        f"{_mib(opt['idle_kib'])} / {_mib(opt['busy_kib'])}",
+        f"{_mib(mem['pika_idle_kib'])} / {_mib(opt['pika_busy_kib'])}",
+        f"{_r(opt['idle_kib'] / mem['pika_idle_kib'])} / {_r(opt['busy_kib'] / opt['pika_busy_kib'])}",
+        "(<= 1.5)",
+        *(
+            (
+                f"{_mib(opt['dramatiq_idle_kib'])} / {_mib(opt['dramatiq_busy_kib'])}",
+                f"{_r(opt['idle_kib'] / opt['dramatiq_idle_kib'])} / {_r(opt['busy_kib'] / opt['dramatiq_busy_kib'])}",
+            )
+            if on_peer
+            else ()
+        ),
+    )
+
+
 def markdown(figures: dict) -> str:
     m = figures["machine"]
     mode = "quick" if figures.get("quick") else "full"
@@ -223,28 +263,9 @@ def markdown(figures: dict) -> str:
         target("worker RSS vs pika (busy)"),
         *mem_peer("dramatiq_busy_kib"),
     )
-    solo = figures["solo"]
-    add(
-        f"Option `{solo['command']}`: drain no-op tasks, W = {solo['workers']} (tasks/s)",
-        _n(solo["drain"]),
-        _n(solo["drain_pika"]),
-        _r(solo["drain_ratio"]),
-        "(>= 0.5)",
-    )
-    add(
-        f"... 10 ms tasks, W = {solo['workers']} (tasks/s; ratio to the ceiling {_n(st['ceiling'])}/s)",
-        _n(solo["short"]),
-        "",
-        _r(solo["short_ratio"]),
-        "(>= 0.95)",
-    )
-    add(
-        "... memory (RSS) idle / busy (one process, no pool child)",
-        f"{_mib(solo['idle_kib'])} / {_mib(solo['busy_kib'])}",
-        f"{_mib(mem['pika_idle_kib'])} / {_mib(solo['pika_busy_kib'])}",
-        f"{_r(solo['idle_kib'] / mem['pika_idle_kib'])} / {_r(solo['busy_kib'] / solo['pika_busy_kib'])}",
-        "(<= 1.5)",
-    )
+    for key in ("solo", "threads"):
+        if key in figures:
+            option_rows(add, figures[key], st, mem, peer)
     met = sum(1 for x in t.values() if x["met"])
     lines += ["", f"Targets met: {met} of {len(t)}. Run took {figures['elapsed_seconds']:.0f} s."]
     if not peer:

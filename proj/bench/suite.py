@@ -28,7 +28,7 @@ def run(plan: Plan, work_dir: Path | None = None) -> dict:
     old = signal.signal(signal.SIGTERM, on_term)
     try:
         bench.start()
-        solo_fleet = options.start_solo(bench)
+        option_fleets = options.start_options(bench)
         machine = versions(bench.node)
         memory = bench.section_memory_idle()
         publish = bench.section_publish()
@@ -42,7 +42,7 @@ def run(plan: Plan, work_dir: Path | None = None) -> dict:
         latency = bench.section_latency(capacity)
         dispatch = bench.section_dispatch()
         redelivery = bench.section_redelivery()
-        solo = options.section_solo(bench, solo_fleet)
+        chosen = {key: options.section_option(bench, key, fleet) for key, fleet in option_fleets.items()}
     finally:
         bench.close()
         signal.signal(signal.SIGTERM, old)
@@ -55,7 +55,7 @@ def run(plan: Plan, work_dir: Path | None = None) -> dict:
         "short_tasks": short,
         "publish": publish,
         "bulk": bulk,
-        "solo": solo,
+        **chosen,
         "latency": latency,
         "dispatch": dispatch,
         "redelivery": redelivery,
