@@ -15,7 +15,7 @@ holds the whole worker (no pool process, no pipes). What it keeps of the prefork
   at its next Python instruction; one still running :data:`ABANDON_GRACE` seconds later (blocked in C: a
   read with no timeout) ends the worker with a warm shutdown, so its supervisor (compose's ``restart:``,
   systemd) starts a clean one. ``revoke(terminate=True)`` and Celery's cancelling of a lost connection's
-  tasks interrupt a task the same way.
+  tasks interrupt a task the same way (its thread then ends when it next runs Python: no grace, no exit).
   A soft time limit (``task_soft_time_limit``, unset in proj) is not enforced, as in Celery's threads pool.
 
 What it gives up: a task that crashes the interpreter (a segfault in a C extension, ``os._exit``) ends the
@@ -148,18 +148,24 @@ class TaskThreads(BasePool):
             for ident, job in running:
                 hard = job.timeout or self.timeout
                 if hard and now - job.started > hard:
-                    self._abandon(ident, job)
+                    self._abandon(ident, job, hung=True)
                     self._call(job.timeout_callback, False, hard)
             self._check_abandoned(now)
 
-    def _abandon(self, ident: int, job: Job) -> None:
-        """Give the job up: no callback of its thread runs, the thread is interrupted and replaced."""
+    def _abandon(self, ident: int, job: Job, hung: bool = False) -> None:
+        """Give the job up: no callback of its thread runs, the thread is interrupted and replaced.
+
+        ``hung``: it ran past its hard time limit, so a thread still running ABANDON_GRACE seconds after the
+        interruption is stuck outside Python and ends the worker. A task terminated for another reason (revoked,
+        its connection lost) may legitimately finish a long sleep first: its thread is left to end on its own.
+        """
         with self._lock:
             if job.abandoned or self._running.get(ident) is not job:
                 return
             job.abandoned = True
             self._running.pop(ident, None)
-            self._abandoned.append((time.monotonic(), job))
+            if hung:
+                self._abandoned.append((time.monotonic(), job))
             self._threads.remove(job.thread)
         _raise_in(ident, Interrupted)
         if not self._stopping.is_set():

@@ -115,3 +115,28 @@ def test_a_task_that_cannot_be_interrupted_ends_its_worker_after_the_grace(fresh
     assert "still runs in thread" in worker.log()
     wait_until(lambda: mgmt.counts(config.QUEUE_NAME) == (0, 0), TIMEOUT, "nothing left, nothing unacked")
     assert len(recorder.tasks[task_id].started) == 1 and not recorder.tasks[task_id].redelivered
+
+
+def test_revoke_with_terminate_interrupts_the_running_task_and_the_worker_goes_on(
+    fresh_queue, mgmt, start_worker, recorder
+):
+    # Given a threads worker running a 3 s task
+    worker = start_worker("t1", fresh_queue.url, env=THREADS)
+    (task_id,) = publish(fresh_queue.url, ["Revoke me" + "." * 30])
+    recorder.wait_for(lambda r: task_id in r.tasks and r.tasks[task_id].started, TIMEOUT, "task-started")
+
+    # When it is revoked with terminate (`celery -A proj control revoke --terminate ID`)
+    app.control.revoke(task_id, terminate=True)
+
+    # Then the worker reports it revoked, its message is acked, and it never completes
+    wait_until(
+        lambda: any(e.get("type") == "task-revoked" and e.get("uuid") == task_id for e in list(recorder.events)),
+        TIMEOUT,
+        "task-revoked",
+    )
+    wait_until(lambda: mgmt.counts(config.QUEUE_NAME) == (0, 0), TIMEOUT, "nothing left, nothing unacked")
+    # And the next task runs on the same worker while the interrupted thread still sleeps
+    (next_id,) = publish(fresh_queue.url, ["Next."])
+    recorder.wait_for(lambda r: next_id in r.tasks and r.tasks[next_id].succeeded, TIMEOUT, "next task")
+    assert not recorder.tasks[task_id].succeeded and not recorder.tasks[task_id].failed
+    assert worker.alive() and worker.log().count(" [x] Done") == 1
