@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import threading
 import time
 
 from proj import config
@@ -32,8 +33,8 @@ _connections: dict[str, sqlite3.Connection] = {}
 
 
 def connect(path: str) -> sqlite3.Connection:
-    """One connection per process and file (a forked pool child opens its own)."""
-    key = f"{os.getpid()}:{path}"
+    """One connection per process, thread and file (a forked pool child, or a task thread, opens its own)."""
+    key = f"{os.getpid()}:{threading.get_ident()}:{path}"
     conn = _connections.get(key)
     if conn is None:
         conn = sqlite3.connect(path, timeout=60, isolation_level=None)
