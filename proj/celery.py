@@ -10,6 +10,10 @@ app.config_from_object("proj.config")
 # nobody consumes: confirmed by the broker, then never run. Found by `proj chaos`.
 app.set_default()
 
+# `celery -A proj worker` relaunches itself as `python -m proj.worker`: the same worker without Celery's other
+# commands in memory (proj/worker.py).
+from proj import worker  # noqa: E402, F401
+
 # The stuck-message guard's remote-control command, registered wherever the app is loaded, so
 # `celery -A proj inspect proj_stuck` knows it too (not only the workers that answer it). And a worker
 # whose node froze fails over without waiting on that node again (proj/failover.py).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from helpers import TIMEOUT, publish
 
@@ -10,16 +12,24 @@ NOT_NEEDED = ("prompt_toolkit", "click_repl", "flower", "tornado")
 
 
 def imported(log: str) -> set[str]:
-    """Top-level packages a process imported, from its ``-X importtime`` lines."""
-    return {
-        line.rsplit("|", 1)[1].strip().split(".")[0] for line in log.splitlines() if line.startswith("import time:")
-    }
+    """Top-level packages the running interpreter imported, from its ``-X importtime`` lines (a process that
+    replaced itself with ``exec`` printed two lists, each under its own header: the last one is the running one)."""
+    lines = log.split("import time: self [us]")[-1].splitlines()
+    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in lines if line.startswith("import time:")}
 
 
-@pytest.mark.parametrize("launcher", ["proj.worker", "celery"])
+def command_line(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+@pytest.mark.parametrize("launcher", ["proj.worker", "celery", "celery, PROJ_LEAN_WORKER=0"])
 def test_lean_worker_runs_the_tutorial_without_loading_other_commands(fresh_queue, start_worker, launcher):
-    # Given a worker started by `python -m proj.worker` (or, to compare, `celery -A proj worker`), imports traced
-    worker = start_worker("lean", fresh_queue.url, wait=False, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    # Given a worker started by `python -m proj.worker` or `celery -A proj worker` (as is, or told to stay
+    # Celery's own process), imports traced
+    env = {"PYTHONPROFILEIMPORTTIME": "1"}
+    if launcher.endswith("=0"):
+        env["PROJ_LEAN_WORKER"] = "0"
+    worker = start_worker("lean", fresh_queue.url, wait=False, env=env)
     if launcher == "proj.worker":
         worker.kill()
         i = worker.argv.index("worker")
@@ -33,9 +43,12 @@ def test_lean_worker_runs_the_tutorial_without_loading_other_commands(fresh_queu
     # Then it runs it as `celery -A proj worker` does
     worker.wait_for_line(" [x] Done", TIMEOUT)
     assert " [x] Received 'First message.'" in worker.log()
-    # And only `celery` loaded what no worker needs
-    loaded = imported(worker.log()) & set(NOT_NEEDED)
-    if launcher == "proj.worker":
-        assert loaded == set(), loaded
-    else:
+    # And the process running it (the one started: `celery -A proj worker` replaced itself, same PID) is
+    # `python -m proj.worker` with the same worker options, without what no worker needs in memory
+    running, loaded = command_line(worker.pid), imported(worker.log()) & set(NOT_NEEDED)
+    if launcher.endswith("=0"):
+        assert "proj.worker" not in running, running
         assert loaded, "celery's command line no longer loads these: the lean launcher may be unneeded"
+    else:
+        assert running[1:3] == ["-m", "proj.worker"] and running[-4:] == worker.argv[-4:], running
+        assert loaded == set(), loaded
