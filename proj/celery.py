@@ -10,14 +10,11 @@ app.config_from_object("proj.config")
 # nobody consumes: confirmed by the broker, then never run. Found by `proj chaos`.
 app.set_default()
 
-# `celery -A proj worker` relaunches itself as `python -m proj.worker`: the same worker without Celery's other
-# commands in memory (proj/worker.py).
-from proj import worker  # noqa: E402, F401
-
 # The stuck-message guard's remote-control command, registered wherever the app is loaded, so
 # `celery -A proj inspect proj_stuck` knows it too (not only the workers that answer it). And a worker
-# whose node froze fails over without waiting on that node again (proj/failover.py).
-from proj import confirms, failover, guard, majority, timelimit  # noqa: E402, F401
+# whose node froze fails over without waiting on that node again (proj/failover.py). And `celery -A proj
+# worker` relaunches itself as `python -m proj.worker`, without Celery's other commands in memory (proj/worker.py).
+from proj import confirms, failover, guard, majority, timelimit, worker  # noqa: E402, F401
 
 failover.install(app)
 # A worker on a cluster node cut off from the majority moves to a node of the majority (proj/majority.py).
