@@ -270,6 +270,8 @@ class Guard:
             _kill(pid)
             self.recovered += 1
             return
+        if where == THREAD:  # it runs after all (it was claimed as the guard looked): giving it back runs it twice
+            return
         if request.acknowledged:
             logger.error(
                 "task %s %s was held %.0f s without starting (PROJ_STUCK_AFTER=%g) but is already acknowledged: "
@@ -304,6 +306,9 @@ class Guard:
                 if entry[1] and entry[1][0] is request:
                     waiting.remove(entry)
                     return "the pool's semaphore queue", None
+        take_back = getattr(controller.pool, "take_back", None)  # proj's threads pool (proj/pool.py)
+        if take_back is not None:
+            return ("the pool's queue" if take_back(request.id) else THREAD), None
         pool = _asyn_pool(controller.pool)
         if pool is None:
             return "the worker", None
@@ -323,6 +328,10 @@ class Guard:
         if semaphore is not None:
             semaphore.release()  # the slot this job took in _process_task_sem
         return where, None
+
+
+#: Where a request is when a task thread of proj's threads pool has taken it: it runs, nothing to give back.
+THREAD = "a task thread"
 
 
 def guard_of(consumer) -> Guard:

@@ -34,7 +34,7 @@ import signal
 import threading
 import time
 
-from celery.concurrency.base import BasePool
+from celery.concurrency.base import BasePool, apply_target
 
 logger = logging.getLogger("proj.pool")
 
@@ -65,11 +65,13 @@ class Job:
     accept_callback: object
     timeout_callback: object
     timeout: float | None
+    correlation_id: str | None = None
     thread: threading.Thread | None = None
-    ident: int | None = None
     started: float | None = None
     #: Set once the pool gave the job up: its thread's callbacks (the ack, the events) must not run.
     abandoned: bool = False
+    #: Set by :meth:`TaskThreads.take_back` while it waited in the queue: no thread runs it.
+    taken_back: bool = False
 
 
 def _raise_in(ident: int, exc_type: type[BaseException]) -> None:
@@ -87,6 +89,7 @@ class TaskThreads(BasePool):
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._running: dict[int, Job] = {}  # native thread id -> job
+        self._queued: dict[str | None, Job] = {}  # task id -> job not started yet
         self._threads: list[threading.Thread] = []
         self._abandoned: list[tuple[float, Job]] = []
         self._stopping = threading.Event()
@@ -111,11 +114,17 @@ class TaskThreads(BasePool):
             job = get()
             if job is None:
                 return
-            job.thread, job.ident = me, ident
+            with self._lock:  # claimed here, or taken back by take_back(): never both
+                if job.taken_back:
+                    continue
+                self._queued.pop(job.correlation_id, None)
+            job.thread = me
             try:
                 self._run(job, ident)
             except Interrupted:
                 pass
+            except BaseException:  # a callback failed (Celery logs its own errors): the slot goes on
+                logger.exception("task thread %s: %s failed", me.name, job.correlation_id)
             if job.abandoned:
                 return  # the pool replaced this thread
 
@@ -123,20 +132,23 @@ class TaskThreads(BasePool):
         job.started = time.monotonic()
         with self._lock:
             self._running[ident] = job
+
+        def finished(result) -> None:
+            with self._lock:
+                self._running.pop(ident, None)
+            if not job.abandoned:
+                job.callback(result)
+
         try:
             if job.accept_callback:
                 # Celery's "pid" of the process running the task: this thread's id, for terminate_job().
                 job.accept_callback(ident, job.started)
-            try:
-                result = job.target(*job.args, **job.kwargs)
-            finally:
-                with self._lock:
-                    self._running.pop(ident, None)
-            if not job.abandoned:
-                job.callback(result)
-        except Interrupted:
-            if not job.abandoned:  # interrupted before the watchdog marked it (a race): nothing recorded
-                raise
+            # Celery's own: the task (its tracer), then the callback; what the task raises past the tracer
+            # (SystemExit, this pool's Interrupted) is reported to the callback as WorkerLostError.
+            apply_target(job.target, job.args, job.kwargs, finished)
+        finally:
+            with self._lock:
+                self._running.pop(ident, None)
 
     # -- the watchdog -----------------------------------------------------------------------------
 
@@ -197,17 +209,28 @@ class TaskThreads(BasePool):
     # -- Celery's pool interface ------------------------------------------------------------------
 
     def on_apply(self, target, args=None, kwargs=None, callback=None, accept_callback=None, **options):
-        self._jobs.put(
-            Job(
-                target,
-                args or (),
-                kwargs or {},
-                callback,
-                accept_callback,
-                options.get("timeout_callback"),
-                options.get("timeout"),
-            )
+        job = Job(
+            target,
+            args or (),
+            kwargs or {},
+            callback,
+            accept_callback,
+            options.get("timeout_callback"),
+            options.get("timeout"),
+            options.get("correlation_id"),
         )
+        with self._lock:
+            self._queued[job.correlation_id] = job
+        self._jobs.put(job)
+
+    def take_back(self, correlation_id: str) -> bool:
+        """Remove a job no thread has started (proj/guard.py gives its message back): True if it was queued."""
+        with self._lock:
+            job = self._queued.pop(correlation_id, None)
+            if job is None:
+                return False
+            job.taken_back = True
+            return True
 
     def terminate_job(self, pid, signal=None) -> None:
         """``revoke(terminate=True)``, or a lost connection's acks-late tasks: interrupt the task's thread."""
