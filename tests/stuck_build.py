@@ -63,7 +63,7 @@ def build_worker(name: str, broker_url: str, log_dir: Path, fault: str, **option
     """A ``WorkerProcess`` (not started) running this build with ``fault``; its marker lives in ``log_dir``."""
     from proj.harness.workers import WorkerProcess
 
-    env = dict(options.pop("env", None) or {})
+    env = {"PROJ_POOL": "prefork", **(options.pop("env", None) or {})}  # its faults are the prefork pool's
     env.update(
         PROJ_TEST_STUCK=fault,
         PROJ_TEST_STUCK_MARKER=str(Path(log_dir) / f"{name}.fired"),

@@ -1,8 +1,8 @@
 """Message acknowledgment: a message leaves the queue only after the work; a dead worker's message moves on.
 
 Two real workers share ``task_queue``. A long task starts on one of them; then that worker is
-killed (main process, pool child) or shut down (warm, cold), and the event stream and the broker
-say where the message went.
+killed (the worker; with the prefork pool, its pool child alone) or shut down (warm, cold), and the
+event stream and the broker say where the message went.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import signal
 
 import pytest
-from helpers import QUEUE_TYPES, TIMEOUT, publish, queue_depth, wait_until
+from helpers import PREFORK, QUEUE_TYPES, TIMEOUT, publish, queue_depth, wait_until
 
 from proj import config
 
@@ -21,6 +21,15 @@ LONG_TASK = "Long task" + "." * 30  # 3 s at the tests' 0.1 s per dot
 @pytest.fixture
 def two_workers(fresh_queue, start_worker):
     workers = [start_worker(name, fresh_queue.url, wait=False) for name in ("w1", "w2")]
+    for w in workers:
+        w.wait_ready(TIMEOUT)
+    return {w.hostname: w for w in workers}
+
+
+@pytest.fixture
+def two_prefork_workers(fresh_queue, start_worker):
+    """Two workers of the prefork pool (PROJ_POOL=prefork): each runs its task in a pool child."""
+    workers = [start_worker(name, fresh_queue.url, wait=False, env=PREFORK) for name in ("w1", "w2")]
     for w in workers:
         w.wait_ready(TIMEOUT)
     return {w.hostname: w for w in workers}
@@ -62,9 +71,9 @@ def test_message_of_killed_worker_is_redelivered_to_the_other_worker(
 
 
 @pytest.mark.parametrize("queue_type", QUEUE_TYPES)
-def test_message_of_killed_pool_child_is_redelivered(queue_type, fresh_queue, mgmt, two_workers, recorder):
-    # Given a long task running in the pool child of one of two workers, on a task_queue of this type
-    task_id, runner, _ = start_long_task(fresh_queue.url, recorder, two_workers, queue_type)
+def test_message_of_killed_pool_child_is_redelivered(queue_type, fresh_queue, mgmt, two_prefork_workers, recorder):
+    # Given a long task running in the pool child of one of two prefork workers, on a task_queue of this type
+    task_id, runner, _ = start_long_task(fresh_queue.url, recorder, two_prefork_workers, queue_type)
     (child,) = runner.children()
 
     # When only the pool child is SIGKILLed (the main process lives on)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pika
 import pytest
-from helpers import TIMEOUT, Poller, publish, queue_depth, wait_until
+from helpers import PREFORK, TIMEOUT, Poller, publish, queue_depth, wait_until
 
 from proj import config, deadletter, queues
 from proj.cli import dead
@@ -51,7 +51,8 @@ def test_task_that_kills_its_worker_every_time_is_dead_lettered_after_max_delive
     queue_type, fresh_queue, start_worker, recorder
 ):
     # Given two workers on a task_queue of this type, with a delivery limit
-    env = {"PROJ_QUEUE_TYPE": queue_type, "PROJ_MAX_DELIVERIES": str(MAX_DELIVERIES)}
+    # Prefork workers: the killer ends the pool child running the task, and the worker lives on to count
+    env = {"PROJ_QUEUE_TYPE": queue_type, "PROJ_MAX_DELIVERIES": str(MAX_DELIVERIES), **PREFORK}
     workers = {w.hostname: w for w in (start_worker(n, fresh_queue.url, env=env) for n in ("w1", "w2"))}
 
     # When a poison task is sent (its every execution kills the process running it), with others
@@ -150,9 +151,10 @@ def test_message_past_a_quorum_task_queues_delivery_limit_is_dead_lettered_by_ra
     assert queue_depth(url, config.DEAD_QUEUE_NAME) == 0
 
 
-def test_task_past_its_time_limit_fails_once_and_is_not_redelivered(fresh_queue, mgmt, start_worker, recorder):
-    # Given a worker whose tasks may run 1 s
-    worker = start_worker("w1", fresh_queue.url, env={"PROJ_TASK_TIME_LIMIT": "1"})
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_task_past_its_time_limit_fails_once_and_is_not_redelivered(pool, fresh_queue, mgmt, start_worker, recorder):
+    # Given a worker (of the default threads pool, or prefork) whose tasks may run 1 s
+    worker = start_worker("w1", fresh_queue.url, env={"PROJ_TASK_TIME_LIMIT": "1", "PROJ_POOL": pool})
 
     # When a 3 s task is sent
     (task_id,) = publish(fresh_queue.url, ["Too long" + "." * 30])
@@ -160,7 +162,7 @@ def test_task_past_its_time_limit_fails_once_and_is_not_redelivered(fresh_queue,
     # Then it fails once, the worker saying why, and the message is gone
     recorder.wait_for(lambda r: task_id in r.tasks and r.tasks[task_id].failed, TIMEOUT, "task-failed")
     task = recorder.tasks[task_id]
-    assert task.failed  # Celery reports the timeout, then the killed pool process: one execution
+    assert task.failed  # prefork: Celery reports the timeout, then the killed pool process: one execution
     assert re.search(r"Hard time limit \(1(\.0)?s\) exceeded for proj.tasks.work", worker.log())
     wait_until(lambda: queue_depth(fresh_queue.url) == 0 and mgmt.counts(config.QUEUE_NAME)[1] == 0, what="acked")
     # And nothing came back: the next task runs, the long one never started again

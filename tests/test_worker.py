@@ -21,8 +21,9 @@ def test_default_worker_is_one_process_holding_at_most_one_message(fresh_queue, 
     # Given `celery -A proj worker` started with no -c and no prefetch option
     worker = start_worker("plain", fresh_queue.url, concurrency=None)
 
-    # Then it runs one pool process, and the broker sees one consumer with prefetch 1 that acks
-    assert len(worker.children()) == 1
+    # Then it is one process (proj's threads pool: the task runs in a thread of it), and the broker sees one
+    # consumer with prefetch 1 that acks
+    assert config.POOL == "threads" and worker.children() == []
 
     def consumer_prefetch():
         consumers = [c for c in mgmt.consumers() if c["queue"]["name"] == config.QUEUE_NAME]

@@ -3,9 +3,9 @@
 - Bulk publish: ``proj.tasks.send_many`` (``new-task --file``), pipelined confirms on one channel,
   alternated with pika's confirmed ``basic_publish`` one at a time (the issue's target: 2x).
 - The solo worker: ``python -m proj.worker -P solo`` (the task in the worker's main process, no pool
-  child; Celery's command line without its other commands), and the threads pool: ``PROJ_POOL=threads
-  python -m proj.worker`` (proj/pool.py: the task in a thread of the worker's process), each alternated
-  with pika and dramatiq on the drain and the 10 ms tasks, with its memory idle and busy.
+  child, no heartbeats during a task), and Celery's default pool: ``PROJ_POOL=prefork`` (the task in a pool
+  process), each alternated with pika and dramatiq on the drain and the 10 ms tasks, with its memory idle
+  and busy (every process).
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from proj.bench.run import SECONDS_PER_DOT, Bench, RssSampler, W, say
 from proj.bulk import send_many
 
 #: Each option (figures key -> worker options, environment, the command as documented): run in place of
-#: ``celery -A proj worker -c 1``, launched as ``python -m proj.worker`` (Celery's worker command without the rest).
+#: ``celery -A proj worker -c 1`` (proj's threads pool), launched as ``python -m proj.worker``, which
+#: ``celery -A proj worker`` relaunches itself as (proj/worker.py).
 OPTIONS = {
     "solo": (("-P", "solo"), {}, "python -m proj.worker -P solo"),
-    "threads": ((), {"PROJ_POOL": "threads"}, "PROJ_POOL=threads python -m proj.worker"),
+    "prefork": ((), {"PROJ_POOL": "prefork"}, "PROJ_POOL=prefork celery -A proj worker"),
 }
 
 
 class LeanFleet(CeleryFleet):
-    """Workers started as ``python -m proj.worker ...``: one process each when the pool forks none."""
+    """Workers started as ``python -m proj.worker ...`` (what ``celery -A proj worker`` relaunches itself as)."""
 
     def __init__(self, name: str, url: str, log_dir, n: int, extra_args=(), env=None):
         super().__init__(name, url, log_dir, n, seconds_per_dot=SECONDS_PER_DOT, extra_args=extra_args, env=env)
@@ -108,6 +109,7 @@ def section_option(bench: Bench, key: str, fleet: LeanFleet) -> dict:
         "short_ratio": t[key] / ceiling,
         "idle_kib": idle,
         "busy_kib": sampler.peaks[key],
+        "processes": len(fleet.pids(1)),
         "pika_busy_kib": sampler.peaks["pika"],
         "runs": {"drain": drain, "short": tens},
     }

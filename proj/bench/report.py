@@ -47,6 +47,10 @@ def targets(figures: dict) -> list[dict]:
     return out
 
 
+def _processes(n: int) -> str:
+    return "main + pool child" if n > 1 else "one process"
+
+
 def option_rows(add, opt: dict, st: dict, mem: dict, peer: bool) -> None:
     """The rows of one option (proj/bench/options.py): drain, 10 ms tasks and memory, with dramatiq when it ran."""
     on_peer = peer and "drain_dramatiq" in opt
@@ -71,7 +75,8 @@ def option_rows(add, opt: dict, st: dict, mem: dict, peer: bool) -> None:
         *vs("short_dramatiq", "short_ratio_dramatiq"),
     )
     add(
-        "... memory (RSS) idle / busy (one process, no pool child)",
+        "... memory (RSS) idle / busy (every process: "
+        + ("main + pool child)" if opt.get("processes", 1) > 1 else "one)"),
         f"{_mib(opt['idle_kib'])} / {_mib(opt['busy_kib'])}",
         f"{_mib(mem['pika_idle_kib'])} / {_mib(opt['pika_busy_kib'])}",
         f"{_r(opt['idle_kib'] / mem['pika_idle_kib'])} / {_r(opt['busy_kib'] / opt['pika_busy_kib'])}",
@@ -97,8 +102,9 @@ def markdown(figures: dict) -> str:
         f"(kombu {m['kombu']}), pika {m['pika']}"
         + (f", dramatiq {m['dramatiq']}" if peer and m.get("dramatiq") else "")
         + f", Python {m['python']}. "
-        f"W = worker processes; every Celery worker is `celery -A proj worker -c 1` (main process + one pool "
-        f"process), every reference worker one pika `worker.py` process"
+        f"W = worker processes; every Celery worker is `celery -A proj worker -c 1` "
+        f"({_processes(mem.get('celery_processes', 1))}: PROJ_POOL={m.get('pool', 'threads')}), every reference "
+        "worker one pika `worker.py` process"
         + (
             ", every dramatiq worker `dramatiq --processes 1 --threads 1` (main process + one worker process; "
             "confirm_delivery, prefetch 1)"
@@ -248,7 +254,7 @@ def markdown(figures: dict) -> str:
         return _mib(mem[key]), _r(mem[key.replace("dramatiq", "celery")] / mem[key])
 
     add(
-        "Memory (RSS) of one idle worker, every process (Celery: main + pool child)",
+        f"Memory (RSS) of one idle worker, every process (Celery: {_processes(mem.get('celery_processes', 1))})",
         _mib(mem["celery_idle_kib"]),
         _mib(mem["pika_idle_kib"]),
         _r(mem["celery_idle_kib"] / mem["pika_idle_kib"]),
@@ -263,7 +269,7 @@ def markdown(figures: dict) -> str:
         target("worker RSS vs pika (busy)"),
         *mem_peer("dramatiq_busy_kib"),
     )
-    for key in ("solo", "threads"):
+    for key in ("solo", "prefork"):
         if key in figures:
             option_rows(add, figures[key], st, mem, peer)
     met = sum(1 for x in t.values() if x["met"])

@@ -30,6 +30,7 @@ import pika
 from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Queue
 
+from proj import config
 from proj.bench.fleet import (
     PIKA_QUEUE,
     CeleryFleet,
@@ -128,6 +129,7 @@ def versions(node: Node) -> dict:
         "kombu": kombu.__version__,
         "pika": pika.__version__,
         "dramatiq": _version("dramatiq"),
+        "pool": config.POOL,
         "python": platform.python_version(),
         "machine": platform.machine(),
     }

@@ -19,8 +19,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TextIO
 
+from proj import config
 from proj.chaos import checker
-from proj.chaos.schedule import NODE_KILL, RESTART_BROKER, PlannedFault
+from proj.chaos.schedule import KILL_CHILD, NODE_KILL, RESTART_BROKER, PlannedFault
 from proj.harness.processes import pid_alive
 
 
@@ -58,7 +59,10 @@ class Settings:
     worker_app: str = "proj"
 
     def applies(self, kind: str) -> bool:
-        """Node kills need a cluster; a broker restart needs the run's own single node."""
+        """Node kills need a cluster; a broker restart needs the run's own single node; killing a pool child, the
+        prefork pool (the workers run PROJ_POOL's pool: proj's threads pool has no child to kill)."""
+        if kind == KILL_CHILD:
+            return config.POOL == "prefork"
         if kind == NODE_KILL:
             return bool(self.cluster)
         if kind == RESTART_BROKER:

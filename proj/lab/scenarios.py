@@ -203,7 +203,8 @@ def redelivery(lab: Lab, options: Options) -> dict:
         options,
     )
     result["settings"].update({"kill": options.kill, "signal": signame})
-    workers = lab.ensure_workers(options.workers, FAIR)
+    # A pool child to kill: workers of the prefork pool (the default threads pool runs the task in a thread).
+    workers = lab.ensure_workers(options.workers, FAIR, pool="prefork" if options.kill == "pool-child" else None)
     duration = LONG_TASK.count(".") * lab.seconds_per_dot
 
     def kill_mid_task(published: list[dict], marks: list[dict], progress) -> None:

@@ -56,6 +56,8 @@ class Lab:
         #: Every worker this session started (dead ones too), and its prefetch multiplier.
         self.workers: list[WorkerProcess] = []
         self.prefetch: dict[str, int] = {}
+        #: Each worker's PROJ_POOL when the session chose one (a pool child to kill needs prefork's).
+        self.pools: dict[str, str | None] = {}
         self._worker_count = 0
         self._stopping: list[threading.Thread] = []
         self._keep_data_dir = False
@@ -155,15 +157,16 @@ class Lab:
     def alive_workers(self) -> list[WorkerProcess]:
         return [w for w in self.workers if w.alive()]
 
-    def ensure_workers(self, n: int, prefetch: int) -> list[WorkerProcess]:
-        """``n`` idle workers with ``prefetch``: the ones already running if they fit, else fresh ones."""
+    def ensure_workers(self, n: int, prefetch: int, pool: str | None = None) -> list[WorkerProcess]:
+        """``n`` idle workers with ``prefetch`` (and ``pool``, PROJ_POOL's when None): the ones already running if
+        they fit, else fresh ones."""
         live = self.alive_workers()
-        if len(live) == n and all(self.prefetch[w.name] == prefetch for w in live):
+        if len(live) == n and all((self.prefetch[w.name], self.pools.get(w.name)) == (prefetch, pool) for w in live):
             return live
         self.stop_workers()
-        return self.start_workers(n, prefetch)
+        return self.start_workers(n, prefetch, pool)
 
-    def start_workers(self, n: int, prefetch: int) -> list[WorkerProcess]:
+    def start_workers(self, n: int, prefetch: int, pool: str | None = None) -> list[WorkerProcess]:
         """Start ``n`` workers at once and wait until the broker has them all as consumers."""
         started = []
         for _ in range(n):
@@ -175,10 +178,11 @@ class Lab:
                 prefetch_multiplier=prefetch,
                 seconds_per_dot=self.seconds_per_dot,
                 # Workers set task_queue's dead-letter policy through the management API: this broker's.
-                env={"PROJ_MANAGEMENT_URL": self.management_url},
+                env={"PROJ_MANAGEMENT_URL": self.management_url, **({"PROJ_POOL": pool} if pool else {})},
             )
             self.workers.append(w.start())
             self.prefetch[w.name] = prefetch
+            self.pools[w.name] = pool
             started.append(w)
         for w in started:
             try:
