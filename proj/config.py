@@ -107,6 +107,9 @@ PROBE_TIMEOUT = _env("PROJ_PROBE_TIMEOUT", "4", float)
 #: The worker's pool: ``threads`` (proj/pool.py: task threads in the worker's own process, one process per
 #: worker) or ``prefork`` (Celery's default: a pool process per task slot). Every tutorial behaviour holds in both.
 POOL = _env("PROJ_POOL", "threads", str, ("threads", "prefork"))
+#: Threads pool: seconds a task interrupted at its hard time limit may take to stop (a sleep or a read in C ends
+#: first) before the worker ends itself with a warm shutdown, for its supervisor to start a clean one.
+ABANDON_GRACE = _env("PROJ_ABANDON_GRACE", "10", float)
 #: Seconds between AMQP heartbeats: a silent connection is given up after two of them (broker_heartbeat).
 BROKER_HEARTBEAT = _env("PROJ_BROKER_HEARTBEAT", "8", float)
 

@@ -12,7 +12,7 @@ holds the whole worker (no pool process, no pipes). What it keeps of the prefork
 - the hard time limit (``task_time_limit``): a watchdog thread fails an overdue task once (Celery's own
   timeout handling: logged, stored, ``task-failed`` event, message acked), interrupts its thread and gives
   the slot a new thread at once. A thread cannot be killed: the interruption is an exception raised in it
-  at its next Python instruction; one still running :data:`ABANDON_GRACE` seconds later (blocked in C: a
+  at its next Python instruction; one still running ``PROJ_ABANDON_GRACE`` seconds later (blocked in C: a
   read with no timeout) ends the worker with a warm shutdown, so its supervisor (compose's ``restart:``,
   systemd) starts a clean one. ``revoke(terminate=True)`` and Celery's cancelling of a lost connection's
   tasks interrupt a task the same way (its thread then ends when it next runs Python: no grace, no exit).
@@ -36,12 +36,12 @@ import time
 
 from celery.concurrency.base import BasePool, apply_target
 
+from proj import config
+
 logger = logging.getLogger("proj.pool")
 
 #: Seconds between the watchdog's looks at the running tasks' deadlines (a task fails this much late, at most).
 CHECK_INTERVAL = 0.25
-#: Seconds an interrupted task's thread may take to stop before the worker is ended (see the module's doc).
-ABANDON_GRACE = float(os.environ.get("PROJ_ABANDON_GRACE") or 10)
 
 _local = threading.local()
 
@@ -187,7 +187,7 @@ class TaskThreads(BasePool):
         for since, job in list(self._abandoned):
             if not job.thread.is_alive():
                 self._abandoned.remove((since, job))
-            elif now - since > ABANDON_GRACE:
+            elif now - since > config.ABANDON_GRACE:
                 self._abandoned.remove((since, job))
                 logger.error(
                     "a task interrupted %.0f s ago still runs in thread %s (blocked outside Python): ending the "
