@@ -205,6 +205,20 @@ def test_flower_api_shows_every_task_with_its_final_state_and_worker(scenario):
         assert task["result"] == str(message.count("."))
 
 
+def test_flower_api_shows_the_running_tasks_as_started_while_they_run(scenario):
+    # Given two of the 60 s tasks running, one on each worker (the default pool: each in a task thread)
+    def long_tasks(state: str) -> list[dict]:
+        tasks = flower_tasks(scenario.flower).values()
+        return [t for t in tasks if t.get("state") == state and "Long task" in str(t.get("args"))]
+
+    # When Flower's tasks API is read
+    started = wait_until(lambda: len(long_tasks("STARTED")) == 2 and long_tasks("STARTED"), TIMEOUT, "2 STARTED")
+
+    # Then it shows both STARTED, each on its own worker, while neither has finished
+    assert {t["worker"] for t in started} == {w.hostname for w in scenario.workers}
+    assert long_tasks("SUCCESS") == [] and all(w.alive() for w in scenario.workers)
+
+
 def test_flower_api_shows_task_queue_ready_and_unacknowledged_counts(scenario):
     # Given the short tasks queued before any worker ran, then two workers each holding one long task
     before, busy = scenario.counts_before_workers, scenario.counts_while_busy
