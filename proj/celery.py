@@ -13,8 +13,8 @@ app.set_default()
 # The stuck-message guard's remote-control command, registered wherever the app is loaded, so
 # `celery -A proj inspect proj_stuck` knows it too (not only the workers that answer it). And a worker
 # whose node froze fails over without waiting on that node again (proj/failover.py). And `celery -A proj
-# worker` relaunches itself as `python -m proj.worker`, without Celery's other commands in memory (proj/worker.py).
-from proj import confirms, failover, guard, majority, timelimit, worker  # noqa: E402, F401
+# worker` relaunches itself as `python -m proj.worker`, without Celery's other commands in memory (proj/lean.py).
+from proj import confirms, failover, guard, lean, majority, timelimit  # noqa: E402, F401
 
 failover.install(app)
 # A worker on a cluster node cut off from the majority moves to a node of the majority (proj/majority.py).

@@ -34,6 +34,7 @@ import signal
 import threading
 import time
 
+from billiard.exceptions import WorkerLostError
 from celery.concurrency.base import BasePool, apply_target
 
 from proj import config
@@ -88,7 +89,7 @@ class TaskThreads(BasePool):
     def on_start(self) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._running: dict[int, Job] = {}  # native thread id -> job
+        self._running: dict[int, Job] = {}  # thread id (threading.get_ident) -> job
         self._queued: dict[str | None, Job] = {}  # task id -> job not started yet
         self._threads: list[threading.Thread] = []
         self._abandoned: list[tuple[float, Job]] = []
@@ -108,7 +109,7 @@ class TaskThreads(BasePool):
     def _serve(self) -> None:
         _local.task_thread = True
         me = threading.current_thread()
-        ident = threading.get_native_id()
+        ident = threading.get_ident()  # the id PyThreadState_SetAsyncExc takes
         get = self._jobs.get
         while me in self._threads:
             job = get()
@@ -121,7 +122,7 @@ class TaskThreads(BasePool):
             job.thread = me
             try:
                 self._run(job, ident)
-            except Interrupted:
+            except Interrupted:  # landed outside the task (after it returned): the thread ends below
                 pass
             except BaseException:  # a callback failed (Celery logs its own errors): the slot goes on
                 logger.exception("task thread %s: %s failed", me.name, job.correlation_id)
@@ -129,6 +130,8 @@ class TaskThreads(BasePool):
                 return  # the pool replaced this thread
 
     def _run(self, job: Job, ident: int) -> None:
+        """Run the job: Interrupted, when the pool gave it up, ends up here (apply_target reports it to the
+        callback as a lost worker; the callback of an abandoned job does nothing) or in :meth:`_serve`."""
         job.started = time.monotonic()
         with self._lock:
             self._running[ident] = job
@@ -138,6 +141,14 @@ class TaskThreads(BasePool):
                 self._running.pop(ident, None)
             if not job.abandoned:
                 job.callback(result)
+                return
+            how = "interrupted" if getattr(result, "type", None) is WorkerLostError else "finished"
+            logger.warning(
+                "task %s, given up by the pool, %s in thread %s: nothing of it reported",
+                job.correlation_id,
+                how,
+                threading.current_thread().name,
+            )
 
         try:
             if job.accept_callback:

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from helpers import TIMEOUT, publish
 
+from proj.lean import worker_options
+
 #: Loaded by `celery` for commands a worker never runs: the amqp shell, and Flower's plugin (Tornado).
 NOT_NEEDED = ("prompt_toolkit", "click_repl", "flower", "tornado")
 
@@ -52,3 +54,19 @@ def test_lean_worker_runs_the_tutorial_without_loading_other_commands(fresh_queu
     else:
         assert running[1:3] == ["-m", "proj.worker"] and running[-4:] == worker.argv[-4:], running
         assert loaded == set(), loaded
+
+
+@pytest.mark.parametrize(
+    ("argv", "options"),
+    [
+        (["celery", "-A", "proj", "worker", "-n", "w1@%h", "-l", "INFO"], ["-n", "w1@%h", "-l", "INFO"]),
+        (["celery", "--app=proj", "-b", "amqp://h//", "--skip-checks", "worker"], []),
+        (["celery", "-A", "proj.celery:app", "worker", "-c", "2"], ["-c", "2"]),
+        (["celery", "-A", "proj.bench.tuned", "worker"], None),  # another app module: Celery's own process
+        (["celery", "-q", "-A", "proj", "worker"], None),  # an option the relaunch would drop
+        (["celery", "--workdir", "/srv", "-A", "proj", "worker"], None),
+        (["celery", "-A", "proj", "inspect", "ping"], None),  # not the worker
+    ],
+)
+def test_the_relaunch_takes_the_worker_options_of_celery_a_proj_worker_only(argv, options):
+    assert worker_options(argv) == options

@@ -96,8 +96,10 @@ def test_task_past_its_time_limit_fails_once_and_the_next_task_runs(fresh_queue,
     task = recorder.tasks[task_id]
     assert len(task.received) == 1 and len(task.started) == 1 and len(task.failed) == 1
     assert not task.succeeded and not task.redelivered
-    # And the interrupted thread, once its sleep returned, stopped there: no " [x] Done" and no success of it
-    wait_until(lambda: "Too long" in worker.log(), TIMEOUT, "received line")
+    # And the interrupted thread, once its sleep returned, stopped there: no " [x] Done", no success of it
+    wait_until(lambda: "given up by the pool" in worker.log(), TIMEOUT, "the interrupted thread's end")
+    assert f"task {task_id}, given up by the pool, interrupted in thread" in worker.log()
+    assert worker.log().count(" [x] Done") == 1 and not recorder.tasks[task_id].succeeded
     assert worker.alive()
 
 
