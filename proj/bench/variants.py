@@ -37,7 +37,8 @@ class Variant:
 VARIANTS = [
     Variant(
         "default",
-        "proj.config as shipped: prefork -c 1 per worker, events on (published without confirms), confirms elsewhere",
+        "proj.config as shipped: proj's threads pool, -c 1 per worker, events on (published without confirms), "
+        "confirms elsewhere",
     ),
     Variant(
         "events off",
@@ -57,11 +58,6 @@ VARIANTS = [
         settings={"worker_consumer": "proj.bench.tuned:ConfirmedEventsConsumer"},
     ),
     Variant(
-        "one worker -c 2",
-        "W processes in one `celery worker -c W` instead of W single-process workers",
-        concurrency=2,
-    ),
-    Variant(
         "solo pool",
         "-P solo: the task runs in the worker's main process (no pool child, no pipe); a long task blocks heartbeats",
         extra_args=("-P", "solo"),
@@ -73,25 +69,27 @@ VARIANTS = [
         extra_args=("-P", "solo"),
     ),
     Variant(
-        "threads pool", "-P threads -c 1: the task runs in a thread of the main process", extra_args=("-P", "threads")
+        "Celery's threads pool",
+        "-P threads -c 1: Celery's own (no hard time limit; each ack and task event wakes the event loop)",
+        extra_args=("-P", "threads"),
     ),
     Variant(
         "one worker -c 2",
-        "one `celery worker -c 2` (prefetch 2 on one channel, one task per pool process) instead of two -c 1",
+        "one `celery worker -c 2` (prefetch 2 on one channel, one task per thread) instead of two -c 1",
         concurrency=2,
     ),
     Variant(
-        "threads pool + watchdog",
+        "Celery's threads pool + watchdog",
         "-P threads -c 1 with proj.bench.watchdog: the hard time limit kept by a watchdog thread that records "
         "the failure, acks, and ends the process (its supervisor restarts it); heartbeats, remote control and "
         "events go on during a task",
         extra_args=("-P", "threads", "--include", "proj.bench.watchdog"),
     ),
     Variant(
-        "task threads",
-        "PROJ_POOL=threads (proj/pool.py): the task runs in a thread of the worker's process, acked from there; "
-        "the hard time limit kept by a watchdog; heartbeats, remote control and events go on during a task",
-        env={"PROJ_POOL": "threads"},
+        "prefork pool",
+        "PROJ_POOL=prefork, Celery's default: the task runs in a pool process (main process + pool child, two "
+        "pipes per task), killed and replaced past the hard time limit",
+        env={"PROJ_POOL": "prefork"},
     ),
     Variant(
         "results wanted",
