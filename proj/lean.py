@@ -71,7 +71,7 @@ def relaunch_lean(sender=None, **_) -> None:
     options = worker_options(sys.argv)
     if options is None:
         return
-    os.environ[RELAUNCHED_ENV] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, *interpreter_options(), "-m", "proj.worker", *options])
+    argv = [sys.executable, *interpreter_options(), "-m", "proj.worker", *options]
+    os.execve(sys.executable, argv, {**os.environ, RELAUNCHED_ENV: "1"})

@@ -14,11 +14,9 @@ the worker's memory for its life (and copied into every prefork pool process). T
 
 from __future__ import annotations
 
-import os
 import sys
 
 from proj.celery import app
-from proj.lean import RELAUNCHED_ENV
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +24,6 @@ def main(argv: list[str] | None = None) -> int:
     from celery.bin.base import CLIContext
     from celery.bin.worker import worker
 
-    os.environ[RELAUNCHED_ENV] = "1"
     args = sys.argv[1:] if argv is None else argv
     # What `celery -A proj` sets before it runs a subcommand: the app, nothing else (proj has no preload options).
     obj = CLIContext(app=app, no_color=None, workdir=None, quiet=False)
