@@ -70,6 +70,7 @@ def stuck_stack(tmp_path_factory) -> Iterator[ComposeProject]:
                         "PROJ_TEST_STUCK": "swallow-first-job",
                         "PROJ_TEST_STUCK_MARKER": "/tmp/stuck_build.fired",
                         "PROJ_STUCK_AFTER": "0",
+                        "PROJ_POOL": "prefork",  # the stuck build breaks the prefork pool
                     },
                     # The compose file's command, checked more often so the test takes a minute, not three.
                     "healthcheck": {"interval": "3s", "timeout": "15s", "start_period": "5s", "retries": 2},
