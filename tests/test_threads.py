@@ -142,3 +142,23 @@ def test_revoke_with_terminate_interrupts_the_running_task_and_the_worker_goes_o
     recorder.wait_for(lambda r: next_id in r.tasks and r.tasks[next_id].succeeded, TIMEOUT, "next task")
     assert not recorder.tasks[task_id].succeeded and not recorder.tasks[task_id].failed
     assert worker.alive() and worker.log().count(" [x] Done") == 1
+
+
+def test_a_task_cancelled_by_a_lost_connection_is_interrupted_and_runs_once_more_from_the_queue(
+    fresh_queue, mgmt, start_worker
+):
+    # Given a threads worker running a 2 s task
+    worker = start_worker("t1", fresh_queue.url, env=THREADS)
+    (task_id,) = publish(fresh_queue.url, ["Cut off" + "." * 20])
+    worker.wait_for_line(" [x] Received 'Cut off", TIMEOUT)
+
+    # When the broker closes every connection (an operator, a node restart): acks late, the message goes back
+    assert fresh_queue.rabbitmqctl("close_all_connections", "closed by the test").returncode == 0
+
+    # Then Celery cancels the running task and the pool interrupts its thread, which never reports it done
+    wait_until(lambda: f"task {task_id}, given up by the pool," in worker.log(), TIMEOUT, "the old thread's end")
+    assert f"task {task_id}, given up by the pool, interrupted" in worker.log()
+    # And the worker, reconnected, runs the message again, flagged redelivered, and acks it: done once
+    wait_until(lambda: worker.log().count(" [x] Done") >= 1, TIMEOUT, "the redelivered task done")
+    wait_until(lambda: mgmt.counts(config.QUEUE_NAME) == (0, 0), TIMEOUT, "nothing left, nothing unacked")
+    assert "(redelivered)" in worker.log() and worker.log().count(" [x] Done") == 1
