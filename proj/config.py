@@ -104,7 +104,7 @@ RABBITMQ_BIN = os.environ.get("PROJ_RABBITMQ_BIN") or None
 PROBE_INTERVAL = _env("PROJ_PROBE_INTERVAL", "2", float)
 PROBE_TIMEOUT = _env("PROJ_PROBE_TIMEOUT", "4", float)
 
-#: The worker's pool: ``threads`` (proj/pool.py: task threads in the worker's own process, one process per
+#: The worker's pool: ``threads`` (proj/threads.py: task threads in the worker's own process, one process per
 #: worker) or ``prefork`` (Celery's default: a pool process per task slot). Every tutorial behaviour holds in both.
 POOL = _env("PROJ_POOL", "threads", str, ("threads", "prefork"))
 #: Threads pool: seconds a task interrupted at its hard time limit may take to stop (a sleep or a read in C ends
@@ -218,7 +218,7 @@ worker_cancel_long_running_tasks_on_connection_loss = True
 # Docs: configuration.html#worker-prefetch-multiplier
 worker_prefetch_multiplier = _env("PROJ_PREFETCH_MULTIPLIER", "1", int)
 
-# Where a task runs. `threads` (proj's default): in a thread of the worker's own process (proj/pool.py), one
+# Where a task runs. `threads` (proj's default): in a thread of the worker's own process (proj/threads.py), one
 # process per worker: each ack sent by the task's thread as the task returns (acknowledgment), one thread per
 # prefetched message (fair dispatch), the hard time limit kept by a watchdog. Measured against Celery's
 # default, `prefork` (a pool process per slot, killed and replaced past the hard time limit): 1.3-1.4x the
@@ -226,7 +226,7 @@ worker_prefetch_multiplier = _env("PROJ_PREFETCH_MULTIPLIER", "1", int)
 # prefork for CPU-bound tasks (threads share one core) or tasks that may crash the interpreter (a pool
 # process dies, not the worker). Heartbeats, remote control and task events go on during a task in both.
 # `-P` overrides. Docs: configuration.html#worker-pool
-worker_pool = {"prefork": "prefork", "threads": "proj.pool:TaskThreads"}[POOL]
+worker_pool = {"prefork": "prefork", "threads": "proj.threads:TaskThreads"}[POOL]
 # One `celery -A proj worker` is one tutorial worker.py; `-c N` runs N task threads (prefork: processes), one
 # message each.
 # Docs: configuration.html#worker-concurrency

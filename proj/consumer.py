@@ -33,7 +33,7 @@ from celery.worker.consumer.delayed_delivery import DelayedDelivery as CeleryDel
 from kombu import Exchange, Producer
 from kombu.utils.url import maybe_sanitize_url
 
-from proj import compat, config, deadletter, guard, pool
+from proj import compat, config, deadletter, guard, threads
 from proj.messages import TASK_NAME
 
 logger = get_logger(__name__)
@@ -299,9 +299,10 @@ class Consumer(CeleryConsumer):
         read); kombu's loop then polls up to the next timer (1-2 s) before it looks at its ready list
         again, and with prefetch 1 the broker sends nothing until that ack arrives: 1-2 tasks/s. Celery
         already sends it at once when there is no hub; on the loop's thread that is as safe. Another
-        thread (``-P threads``) still goes through ``call_soon``, which wakes the loop.
+        thread (Celery's ``-P threads``) still goes through ``call_soon``, which wakes the loop; a task thread of
+        proj's threads pool (proj/threads.py) sends it itself (py-amqp writes each frame under a lock).
         """
-        if not self._on_loop_thread() and not pool.on_task_thread():
+        if not self._on_loop_thread() and not threads.on_task_thread():
             return super().call_soon_ack(p, *args, **kwargs)
         try:
             p(*args, **kwargs)
@@ -317,12 +318,13 @@ class Consumer(CeleryConsumer):
         there (proj bench --profile: 29% of its samples in the flush). A timer on the loop's own thread
         batches every event of the interval into one message (Celery's dispatcher also flushes at once
         when 24 are buffered), and the loop's poll wakes up for that timer: a solo worker's events are
-        not left waiting for the next heartbeat. Another thread (``-P threads``) keeps Celery's path.
+        not left waiting for the next heartbeat. A task thread of proj's threads pool asks the loop for that timer
+        (one wake-up per interval, not per event); another thread (Celery's ``-P threads``) keeps Celery's path.
         """
         if self.hub is None:
             return super().on_send_event_buffered()
         on_loop = self._on_loop_thread()
-        if not on_loop and not pool.on_task_thread():
+        if not on_loop and not threads.on_task_thread():
             return super().on_send_event_buffered()
         now = time.monotonic()
         # A timer dropped with a broken connection's loop must not hold the events for good: schedule

@@ -306,7 +306,7 @@ class Guard:
                 if entry[1] and entry[1][0] is request:
                     waiting.remove(entry)
                     return "the pool's semaphore queue", None
-        take_back = getattr(controller.pool, "take_back", None)  # proj's threads pool (proj/pool.py)
+        take_back = getattr(controller.pool, "take_back", None)  # proj's threads pool (proj/threads.py)
         if take_back is not None:
             return ("the pool's queue" if take_back(request.id) else THREAD), None
         pool = _asyn_pool(controller.pool)

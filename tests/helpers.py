@@ -27,7 +27,7 @@ from proj.rabbit.node import Node, free_port, private_node
 #: task_queue's two types, for ``@pytest.mark.parametrize("queue_type", QUEUE_TYPES)`` (the queue_type fixture).
 QUEUE_TYPES = queues.QUEUE_TYPES
 #: Workers of Celery's prefork pool (PROJ_POOL=prefork), for the tests of what only it has: a pool process to
-#: kill, its start-up, the stuck builds that break it. The default pool is proj's threads pool (proj/pool.py).
+#: kill, its start-up, the stuck builds that break it. The default pool is proj's threads pool (proj/threads.py).
 PREFORK = {"PROJ_POOL": "prefork"}
 
 #: Seconds per '.' in tests: the tutorial's second, shrunk so the suite runs in minutes.

@@ -1,4 +1,4 @@
-"""``PROJ_POOL=threads`` (proj/pool.py): tasks in threads of the worker's own process, every guarantee of the
+"""``PROJ_POOL=threads`` (proj/threads.py): tasks in threads of the worker's own process, every guarantee of the
 prefork pool proven on the broker: acks late, redelivery when the worker dies, the hard time limit (a hung task
 fails once, the next one runs), heartbeats, remote control and task events while a task runs."""
 
@@ -34,7 +34,7 @@ def test_threads_worker_is_one_process_and_acks_each_task_as_it_returns(fresh_qu
     assert "(redelivered)" not in worker.log()
     # And its remote-control answer names this pool
     stats = app.control.inspect(destination=[worker.hostname], timeout=5).stats() or {}
-    assert stats[worker.hostname]["pool"]["implementation"] == "proj.pool:TaskThreads", stats
+    assert stats[worker.hostname]["pool"]["implementation"] == "proj.threads:TaskThreads", stats
 
 
 @pytest.mark.parametrize("queue_type", QUEUE_TYPES)

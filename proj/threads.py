@@ -1,6 +1,6 @@
 """Tasks in threads of the worker's own process, with the hard time limit kept: ``PROJ_POOL=threads``.
 
-A Celery pool (``worker_pool = "proj.pool:TaskThreads"``, Celery's public extension point for pools): one
+A Celery pool (``worker_pool = "proj.threads:TaskThreads"``, Celery's public extension point for pools): one
 thread per unit of concurrency runs the task; the worker's main thread keeps its event loop, so AMQP
 heartbeats, remote control (``celery inspect``) and task events go on while a task runs, and one process
 holds the whole worker (no pool process, no pipes). What it keeps of the prefork pool's guarantees:
@@ -39,7 +39,7 @@ from celery.concurrency.base import BasePool, apply_target
 
 from proj import config
 
-logger = logging.getLogger("proj.pool")
+logger = logging.getLogger("proj.threads")
 
 #: Seconds between the watchdog's looks at the running tasks' deadlines (a task fails this much late, at most).
 CHECK_INTERVAL = 0.25
