@@ -7,6 +7,7 @@ proj's own app and settings, plus one fault chosen by ``PROJ_TEST_STUCK`` (read 
   normally. Celery gives no start-up deadline to the first pool's processes (proj/guard.py).
 - ``swallow-first-job``: the pool takes the first job the worker hands it and never runs it, as a pool
   that loses a write would; later jobs run. Only the guard (PROJ_STUCK_AFTER) recovers that message.
+  Prefork by default (``build_worker``); with ``PROJ_POOL=threads`` the threads pool's queue loses the job.
 
 ``PROJ_TEST_STUCK_MARKER`` names a file created when the fault has fired, so it fires once per test.
 """
@@ -47,6 +48,9 @@ def hang_first_child(**kwargs) -> None:
 def swallow_first_job(sender=None, **kwargs) -> None:
     if FAULT != "swallow-first-job":
         return
+    if hasattr(sender.controller.pool, "take_back"):  # proj's threads pool (PROJ_POOL=threads): its job queue
+        swallow_first_queued_job(sender.controller.pool)
+        return
     pool = sender.controller.pool._pool
     put = pool._quick_put
 
@@ -57,6 +61,24 @@ def swallow_first_job(sender=None, **kwargs) -> None:
         return put(tup)
 
     pool._quick_put = quick_put
+
+
+class _SwallowingQueue:
+    """The threads pool's job queue, as the pool puts to it: the first job is registered but never queued."""
+
+    def __init__(self, jobs):
+        self.jobs = jobs
+
+    def put(self, job) -> None:
+        if _fire_once():
+            print("stuck_build: the pool swallowed a job", flush=True)
+            return
+        self.jobs.put(job)
+
+
+def swallow_first_queued_job(pool) -> None:
+    # The task threads took the queue's own get() when they started; the pool's on_apply puts through this.
+    pool._jobs = _SwallowingQueue(pool._jobs)
 
 
 def build_worker(name: str, broker_url: str, log_dir: Path, fault: str, **options):

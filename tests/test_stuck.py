@@ -67,13 +67,15 @@ def test_first_pool_process_that_hangs_at_start_is_replaced_and_its_message_runs
     assert len([r for r in ledger.rows(str(path)) if r["task_id"] == task_id]) == 2
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_guard_gives_back_a_message_the_pool_never_runs_and_another_worker_does_it_once(
-    fresh_queue, mgmt, start_build, start_worker, tmp_path
+    pool, fresh_queue, mgmt, start_build, start_worker, tmp_path
 ):
-    # Given a worker whose pool swallows the first job it is handed, its guard set to 3 s
+    # Given a worker (of either pool) whose pool swallows the first job it is handed, its guard set to 3 s
     path = tmp_path / "ledger.sqlite"
     env = {"PROJ_LEDGER": str(path)}
-    stuck = start_build("swallow", fresh_queue.url, "swallow-first-job", env=dict(env, PROJ_STUCK_AFTER="3"))
+    stuck_env = dict(env, PROJ_STUCK_AFTER="3", PROJ_POOL=pool)
+    stuck = start_build("swallow", fresh_queue.url, "swallow-first-job", env=stuck_env)
     stuck.wait_ready(TIMEOUT)
     (task_id,) = publish(fresh_queue.url, ["Stuck message..."])
     stuck.wait_for_line("the pool swallowed a job", TIMEOUT)
