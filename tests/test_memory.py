@@ -40,12 +40,14 @@ def rss_mib(pid: int) -> float:
 
 
 @pytest.mark.slow
-def test_worker_main_process_stays_flat_over_30000_tasks_with_the_hard_time_limit_on(fresh_queue, start_worker):
-    # Given task_queue holding 30,000 no-op tasks, and the default worker (hard time limit on: 1500 s)
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_worker_main_process_stays_flat_over_30000_tasks_with_the_hard_time_limit_on(pool, fresh_queue, start_worker):
+    # Given task_queue holding 30,000 no-op tasks, and a worker of each pool (hard time limit on: 1500 s; the
+    # threads pool's watchdog keeps no per-task timer, prefork's timers are purged by proj/timelimit.py)
     assert config.TASK_TIME_LIMIT > DRAIN_TIMEOUT, "the limit must outlast the run, or its timers expire anyway"
     for _ in range(TASKS // 5_000):
         send_many([""] * 5_000, fresh_queue.url)
-    worker = start_worker("soak", fresh_queue.url, loglevel="WARNING")
+    worker = start_worker("soak", fresh_queue.url, loglevel="WARNING", env={"PROJ_POOL": pool})
 
     # When it drains the queue, its main process's RSS sampled against how many tasks are done
     samples: list[tuple[int, float]] = []
