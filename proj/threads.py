@@ -111,7 +111,7 @@ class TaskThreads(BasePool):
         me = threading.current_thread()
         ident = threading.get_ident()  # the id PyThreadState_SetAsyncExc takes
         get = self._jobs.get
-        while me in self._threads:
+        while True:  # until a None (warm shutdown), or the pool gives up this thread's job (it has a new one)
             job = get()
             if job is None:
                 return

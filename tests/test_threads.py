@@ -1,15 +1,13 @@
 """``PROJ_POOL=threads`` (proj/threads.py): tasks in threads of the worker's own process, every guarantee of the
-prefork pool proven on the broker: acks late, redelivery when the worker dies, the hard time limit (a hung task
-fails once, the next one runs), heartbeats, remote control and task events while a task runs."""
+prefork pool proven on the broker: acks late, redelivery after a lost connection, the hard time limit (a hung task
+fails once, the next one runs), heartbeats, remote control and task events while a task runs. A killed worker's
+message: tests/test_acknowledgment.py, whose workers run the default pool (classic and quorum)."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 
-import pytest
-from helpers import QUEUE_TYPES, TIMEOUT, publish, queue_depth, wait_until
+from helpers import TIMEOUT, publish, queue_depth, wait_until
 
 from proj import config
 from proj.celery import app
@@ -35,28 +33,6 @@ def test_threads_worker_is_one_process_and_acks_each_task_as_it_returns(fresh_qu
     # And its remote-control answer names this pool
     stats = app.control.inspect(destination=[worker.hostname], timeout=5).stats() or {}
     assert stats[worker.hostname]["pool"]["implementation"] == "proj.threads:TaskThreads", stats
-
-
-@pytest.mark.parametrize("queue_type", QUEUE_TYPES)
-def test_message_of_a_killed_threads_worker_is_redelivered_to_the_other(
-    queue_type, fresh_queue, mgmt, start_worker, recorder
-):
-    # Given two threads workers, and a 3 s task running on one of them
-    workers = [start_worker(name, fresh_queue.url, env=THREADS) for name in ("t1", "t2")]
-    (task_id,) = publish(fresh_queue.url, ["Long task" + "." * 30], queue_type=queue_type)
-    recorder.wait_for(lambda r: task_id in r.tasks and r.tasks[task_id].started, TIMEOUT, "task-started")
-    (runner,) = [w for w in workers if w.hostname == recorder.tasks[task_id].started[0][0]]
-    (other,) = [w for w in workers if w is not runner]
-
-    # When that worker is SIGKILLed mid-task (acks late: no ack was sent)
-    os.kill(runner.pid, signal.SIGKILL)
-
-    # Then the other worker gets it, flagged redelivered, and completes it; nothing is left
-    recorder.wait_for(lambda r: r.tasks[task_id].succeeded, TIMEOUT, "redelivered task succeeded")
-    task = recorder.tasks[task_id]
-    assert [host for host, _ in task.succeeded] == [other.hostname]
-    assert [host for host, _ in task.redelivered] == [other.hostname]
-    wait_until(lambda: mgmt.counts(config.QUEUE_NAME) == (0, 0), TIMEOUT, "task_queue empty and nothing unacked")
 
 
 def test_running_task_is_seen_started_and_its_worker_answers_while_it_runs(fresh_queue, start_worker, recorder):
