@@ -110,6 +110,11 @@ POOL = _env("PROJ_POOL", "threads", str, ("threads", "prefork"))
 #: Threads pool: seconds a task interrupted at its hard time limit may take to stop (a sleep or a read in C ends
 #: first) before the worker ends itself with a warm shutdown, for its supervisor to start a clean one.
 ABANDON_GRACE = _env("PROJ_ABANDON_GRACE", "10", float)
+#: Threads pool: ``one`` keeps each worker's threads on a CPU of its own, claimed through a lock file in
+#: CPU_LOCK_DIR (proj/affinity.py: the loop's and the task's threads then hand messages over in one CPU's cache);
+#: ``off`` leaves the placement to the kernel.
+CPU_AFFINITY = _env("PROJ_CPU_AFFINITY", "off", str, ("one", "off"))
+CPU_LOCK_DIR = os.environ.get("PROJ_CPU_LOCK_DIR") or ("/dev/shm" if os.path.isdir("/dev/shm") else "/tmp")
 #: Seconds between AMQP heartbeats: a silent connection is given up after two of them (broker_heartbeat).
 BROKER_HEARTBEAT = _env("PROJ_BROKER_HEARTBEAT", "8", float)
 

@@ -33,7 +33,7 @@ from celery.worker.consumer.delayed_delivery import DelayedDelivery as CeleryDel
 from kombu import Exchange, Producer
 from kombu.utils.url import maybe_sanitize_url
 
-from proj import compat, config, deadletter, guard, threads
+from proj import compat, config, deadletter, guard, reader, threads
 from proj.messages import TASK_NAME
 
 logger = get_logger(__name__)
@@ -45,6 +45,11 @@ EVENTS_SOCKET_TIMEOUT = 5
 #: Seconds a task event may wait in the worker's buffer, so that one message carries many (Flower
 #: and ``proj lab`` see them this much later, at most).
 EVENT_FLUSH_INTERVAL = 0.05
+
+#: Task events one message may carry: Celery's dispatcher publishes its buffer when 24 are in it (every
+#: eight no-op tasks, a JSON encoding and a publish each time); within EVENT_FLUSH_INTERVAL a worker's events
+#: rarely reach this many, so the timer sends them, in one message (about 300 bytes per event).
+EVENT_BUFFER_LIMIT = 500
 
 
 def tutorial_text(message) -> str | None:
@@ -246,9 +251,18 @@ class Consumer(CeleryConsumer):
             self.default_steps = proj_steps(CeleryConsumer.Blueprint.default_steps)
             super().__init__(*args, **kwargs)
 
+    def connect(self):
+        """Celery's connection for consuming, read on the event loop by proj's reader (proj/reader.py)."""
+        conn = self.connection_for_read(heartbeat=self.amqheartbeat)
+        if self.hub:
+            reader.register(conn, self.hub)
+        return conn
+
     def register_with_event_loop(self, hub):
         """Celery's registration, then the stuck-message fix and guard (proj/guard.py)."""
         super().register_with_event_loop(hub)
+        if self.event_dispatcher is not None:
+            self.event_dispatcher.buffer_limit = EVENT_BUFFER_LIMIT
         self._loop_thread_known = compat.usable(compat.LOOP_THREAD, lambda: compat.loop_thread_problem(hub))
         guard.arm_start_deadlines(self.controller.pool, hub, self)
         guard.guard_of(self).register_with_event_loop(hub)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import amqp
 import celery._state
+from amqp.transport import TCPTransport
 from celery.worker.consumer import Consumer
 from celery.worker.consumer.delayed_delivery import DelayedDelivery
 from kombu import Connection
@@ -42,6 +43,7 @@ def self_check() -> list[tuple[compat.Internal, str | None]]:
         compat.DELAYED_DELIVERY.key: lambda: _step_self_check(compat.DELAYED_DELIVERY),
         compat.CONTROL_REPLIES.key: lambda: _step_self_check(compat.CONTROL_REPLIES),
         compat.LOOP_THREAD.key: _loop_thread_self_check,
+        compat.READ_BUFFER.key: lambda: compat.read_buffer_problem(TCPTransport("localhost:5672")),  # not connected
         compat.STUCK_GUARD.key: lambda: compat.guard_problem(semaphore=_semaphore()),
         compat.FAILOVER_MAILBOX.key: compat.failover_problem,
     }

@@ -37,7 +37,7 @@ import time
 from billiard.exceptions import WorkerLostError
 from celery.concurrency.base import BasePool, apply_target
 
-from proj import config
+from proj import affinity, config
 
 logger = logging.getLogger("proj.threads")
 
@@ -98,6 +98,7 @@ class TaskThreads(BasePool):
         for _ in range(self.limit or 1):
             self._add_thread()
         threading.Thread(target=self._watch, name="proj-pool-watchdog", daemon=True).start()
+        affinity.apply()
 
     def _add_thread(self) -> None:
         thread = threading.Thread(target=self._serve, name=f"proj-task-{len(self._threads) + 1}", daemon=True)

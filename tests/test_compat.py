@@ -89,7 +89,14 @@ def test_a_worker_without_the_timer_heap_warns_once_and_still_runs_tasks(fresh_q
 
 RENAMED_APPS = str(TESTS / "compat_apps")
 #: Checked at worker start (the worker says so); the others at a producer's first publish.
-WORKER_SIDE = ("delayed-delivery-step", "control-replies", "loop-thread", "stuck-guard", "failover-mailbox")
+WORKER_SIDE = (
+    "delayed-delivery-step",
+    "control-replies",
+    "loop-thread",
+    "read-buffer",
+    "stuck-guard",
+    "failover-mailbox",
+)
 PRODUCER_SIDE = ("bounded-confirms", "raw-frames", "fast-path", "nowait-reply-queue", "unconfirmed-sent-events")
 
 

@@ -33,3 +33,19 @@ class ConfirmedEventsConsumer(Consumer):
 
     def connection_for_write(self, url=None, heartbeat=None):
         return CeleryConsumer.connection_for_write(self, url=url, heartbeat=heartbeat)
+
+
+class KombuReaderConsumer(Consumer):
+    """proj's consumer read by kombu's reader (a frame at a time), as before proj/reader.py."""
+
+    def connect(self):
+        return CeleryConsumer.connect(self)
+
+
+class CeleryEventBufferConsumer(Consumer):
+    """proj's consumer with Celery's event buffer: published when 24 task events are in it."""
+
+    def register_with_event_loop(self, hub):
+        super().register_with_event_loop(hub)
+        if self.event_dispatcher is not None:
+            self.event_dispatcher.buffer_limit = 24

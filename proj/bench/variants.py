@@ -58,6 +58,23 @@ VARIANTS = [
         settings={"worker_consumer": "proj.bench.tuned:ConfirmedEventsConsumer"},
     ),
     Variant(
+        "events published every 24",
+        "worker_consumer = CeleryEventBufferConsumer: Celery's event buffer, published when 24 task events are in "
+        "it (every eight tasks), as before proj.consumer.EVENT_BUFFER_LIMIT",
+        settings={"worker_consumer": "proj.bench.tuned:CeleryEventBufferConsumer"},
+    ),
+    Variant(
+        "kombu's reader",
+        "worker_consumer = KombuReaderConsumer: the broker read a frame at a time, the socket switched to "
+        "non-blocking and back around each (kombu's reader), as before proj/reader.py",
+        settings={"worker_consumer": "proj.bench.tuned:KombuReaderConsumer"},
+    ),
+    Variant(
+        "one CPU per worker",
+        "PROJ_CPU_AFFINITY=one: each worker's threads kept on a CPU of its own (proj/affinity.py)",
+        env={"PROJ_CPU_AFFINITY": "one"},
+    ),
+    Variant(
         "solo pool",
         "-P solo: the task runs in the worker's main process (no pool child, no pipe); a long task blocks heartbeats",
         extra_args=("-P", "solo"),
