@@ -211,7 +211,10 @@ def send(task, message: str, options):
             raise Unavailable(f"fast path failed: {exc!r}") from exc
         # Confirmed: the message is queued, and nothing below may send it again.
         if settings(app)["task_send_sent_event"]:
-            options["event_dispatcher"].publish_written("task-sent", template.sent_event(task_id, argsrepr), P)
+            try:
+                options["event_dispatcher"].publish_batched("task-sent", template.sent_event(task_id, argsrepr), P)
+            except Exception as exc:  # noqa: BLE001 - the task is queued: its status report must not fail the call
+                logger.warning("task-sent event of %s not published (the task itself is queued): %r", task_id, exc)
     result = task.AsyncResult(task_id)
     result.ignored = ignore_result
     return result

@@ -178,29 +178,3 @@ class Template:
         )
         if self.properties_of(_SAMPLE_ID, headers["argsrepr"]) != expected or self.body("x") != body:
             raise RuntimeError("proj.frames: the task message template does not encode as amqp does")
-
-
-class EventTemplate:
-    """One event dispatcher's events of one type as frames for one channel, as kombu's ``Producer.publish``
-    writes them for Celery's ``EventDispatcher.publish``: to its exchange (``celeryev``) with the routing
-    key from the type (``task.sent``), JSON, the dispatcher's headers and delivery mode. Only the body
-    (the event, JSON-encoded by kombu's own encoder, as kombu does) differs from one event to the next."""
-
-    def __init__(self, dispatcher, type: str, channel_id: int, frame_max: int):
-        self.channel_id = channel_id
-        self.chunk = frame_max - 8
-        self.method_frame = publish_frame(channel_id, dispatcher.exchange.name, type.replace("-", "."))
-        self.properties = compat.serialize_properties(
-            Message(
-                b"",
-                content_type=CONTENT_TYPE,
-                content_encoding=CONTENT_ENCODING,
-                application_headers=dispatcher.headers,
-                delivery_mode=dispatcher.delivery_mode,
-                priority=PRIORITY,  # kombu's Producer.publish default
-            )
-        )
-
-    def frames(self, event: dict) -> bytes:
-        body = json_dumps(event).encode("utf-8")
-        return content_frames(self.method_frame, self.channel_id, self.properties, body, self.chunk)

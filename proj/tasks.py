@@ -45,6 +45,7 @@ def work(self, message: str) -> int:
     else:
         say(f" [x] Received {message!r}")
     dots = message.count(".")
-    time.sleep(dots * config.SECONDS_PER_DOT)
+    if dots:  # time.sleep(0) would still hand the interpreter to the worker's other threads, for nothing
+        time.sleep(dots * config.SECONDS_PER_DOT)
     say(" [x] Done")
     return dots

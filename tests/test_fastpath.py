@@ -100,10 +100,8 @@ def test_delay_declares_the_reply_queue_as_kombu_does_in_the_same_write_as_the_t
 def test_delay_results_and_task_sent_events_reach_the_caller_and_flower_as_by_celerys_path(
     fresh_queue, recorder, start_worker, fast_sends
 ):
-    # Given the events exchange with a queue of our own on it, for task-sent events
-    events = Queue(
-        "test-fastpath-events", Exchange("celeryev", type="topic"), routing_key="task.sent", auto_delete=True
-    )
+    # Given the events exchange with a queue of our own on it, for task events
+    events = Queue("test-fastpath-events", Exchange("celeryev", type="topic"), routing_key="task.#", auto_delete=True)
     with Connection(fresh_queue.url) as listener:
         events(listener.default_channel).declare()
         with app.connection_for_write(fresh_queue.url) as conn:
@@ -120,14 +118,18 @@ def test_delay_results_and_task_sent_events_reach_the_caller_and_flower_as_by_ce
         recorder.wait_for(
             lambda r: all(r.tasks.get(x.id) and r.tasks[x.id].sent for x in results), TIMEOUT, "task-sent events"
         )
-        # And the fast path's event message is Celery's but for the task's own fields and the clock
-        sent = wait_until(lambda: _take_all(listener, events) or None, TIMEOUT, "task-sent event messages")
+        # And the fast path's events are Celery's but for the task's own fields and the clock, several to a
+        # message (a list, as a worker's task events come) with the headers and properties of Celery's
+        sent: list[tuple[object, dict]] = []  # (message, event)
         while len(sent) < 4:
-            sent += wait_until(lambda: _take_all(listener, events) or None, TIMEOUT, "all four task-sent events")
-    by_celery, by_fast_path = sent[0], sent[1]
-    assert by_fast_path.properties == by_celery.properties
-    assert by_fast_path.headers == by_celery.headers
-    celery_event, fast_event = json.loads(by_celery.body), json.loads(by_fast_path.body)
+            for message in wait_until(lambda: _take_all(listener, events) or None, TIMEOUT, "task-sent events"):
+                body = json.loads(message.body)
+                sent += [(message, e) for e in (body if isinstance(body, list) else [body]) if e["type"] == "task-sent"]
+    (by_celery, celery_event), (batched, fast_event) = sent[0], sent[1]
+    assert celery_event["uuid"] == first.id and [e["uuid"] for _, e in sent[1:]] == [r.id for r in results]
+    assert isinstance(json.loads(batched.body), list) and batched.delivery_info["routing_key"] == "task.multi"
+    assert batched.properties == by_celery.properties
+    assert batched.headers == by_celery.headers
     assert list(fast_event) == list(celery_event)
     varying = {"uuid", "root_id", "args", "clock", "timestamp"}
     assert {k: v for k, v in fast_event.items() if k not in varying} == {
