@@ -179,7 +179,9 @@ class Batcher:
         if self.connection is None:
             options = {"confirm_publish": False}
             self.connection = self.dispatcher.app.connection_for_write(heartbeat=0, transport_options=options)
-        self.connection.ensure_connection(max_retries=1)
+        # Bounded: a process exiting with events buffered while the broker is away waits a connection timeout
+        # or two, not kombu's default back-off.
+        self.connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, interval_max=0.2)
         publish = getattr(self.dispatcher, compat.attrs(compat.SENT_EVENTS)["EventDispatcher._publish"])
         with self.dispatcher.mutex:
             publish(events, event_producer(self.connection), routing_key="task.multi")

@@ -120,13 +120,15 @@ def test_delay_results_and_task_sent_events_reach_the_caller_and_flower_as_by_ce
         )
         # And the fast path's events are Celery's but for the task's own fields and the clock, several to a
         # message (a list, as a worker's task events come) with the headers and properties of Celery's
-        sent: list[tuple[object, dict]] = []  # (message, event)
-        while len(sent) < 4:
+        ours = {first.id, *(r.id for r in results)}
+        sent: dict[str, tuple[object, dict]] = {}  # task id -> (message, event); another test's late events ignored
+        while set(sent) != ours:
             for message in wait_until(lambda: _take_all(listener, events) or None, TIMEOUT, "task-sent events"):
                 body = json.loads(message.body)
-                sent += [(message, e) for e in (body if isinstance(body, list) else [body]) if e["type"] == "task-sent"]
-    (by_celery, celery_event), (batched, fast_event) = sent[0], sent[1]
-    assert celery_event["uuid"] == first.id and [e["uuid"] for _, e in sent[1:]] == [r.id for r in results]
+                for e in body if isinstance(body, list) else [body]:
+                    if e["type"] == "task-sent" and e["uuid"] in ours:
+                        sent[e["uuid"]] = (message, e)
+    (by_celery, celery_event), (batched, fast_event) = sent[first.id], sent[results[0].id]
     assert isinstance(json.loads(batched.body), list) and batched.delivery_info["routing_key"] == "task.multi"
     assert batched.properties == by_celery.properties
     assert batched.headers == by_celery.headers

@@ -1,11 +1,12 @@
 """A worker's memory stays flat under sustained load, with the hard time limit on, on both pools.
 
 The threads pool (the default, proj/threads.py) keeps no timer per task: its watchdog looks at the running
-tasks' start times. Celery's prefork pool (``PROJ_POOL=prefork``, proj/timelimit.py) schedules every task's hard time limit on the event loop's timer and cancels it when
-the task ends; kombu keeps a cancelled entry until its time comes (task_time_limit, 1500 s). Unpurged, a
-worker's main process grew ~0.48 KiB per task (measured: 57 -> 71 MiB over 30,000 no-op tasks), so
-between the first and the last fifth of this drain (18,000 tasks apart) it grows ~8.5 MiB. Purged, it
-grew 0.3 MiB over the same drain (allocator noise: a few hundred KiB).
+tasks' start times. Celery's prefork pool (``PROJ_POOL=prefork``, proj/timelimit.py) schedules every task's
+hard time limit on the event loop's timer and cancels it when the task ends; kombu keeps a cancelled entry
+until its time comes (task_time_limit, 1500 s). Unpurged, a worker's main process grew ~0.48 KiB per task
+(measured: 57 -> 71 MiB over 30,000 no-op tasks), so between the first and the last fifth of this drain
+(18,000 tasks apart) it grows ~8.5 MiB. Purged, it grew 0.3 MiB over the same drain (allocator noise: a few
+hundred KiB).
 
 The bound, :data:`GROWTH_BOUND_MIB` (3 MiB), sits between the two: a third of the leak this test exists
 to catch, ten times the noise seen. It is a memory bound, not a timing one: the leak is per task (as long
