@@ -281,6 +281,13 @@ def tasks_of(recorder: EventRecorder, results: list) -> list[TaskRecord]:
     return [t for t in recorder.snapshot() if t.uuid in ids]
 
 
+def every_task(recorder: EventRecorder, results: list, seen) -> bool:
+    """``seen(task)`` for every one of ``results``, each of them on the event stream already (not a vacuous
+    ``all()`` over the tasks seen so far: task-sent events may still be in their producer's 50 ms batch)."""
+    tasks = tasks_of(recorder, results)
+    return len(tasks) == len({r.id for r in results}) and all(seen(t) for t in tasks)
+
+
 def most_held_at_once(tasks: list[TaskRecord]) -> dict[str, int]:
     """From the event stream: per worker, the most tasks it had received and not yet finished at once."""
     steps: dict[str, list[tuple[float, int]]] = {}
@@ -323,7 +330,7 @@ class TestRoundRobin:
         got = sorted((received(w) for w in setup.worker_cluster), key=len, reverse=True)
         assert got == [FIVE_MESSAGES[0::2], FIVE_MESSAGES[1::2]], got
         # And the event stream agrees: each task received once, by the container that ran it
-        recorder.wait_for(lambda r: all(t.succeeded for t in tasks_of(r, results)), TIMEOUT, "five task-succeeded")
+        recorder.wait_for(lambda r: every_task(r, results, lambda t: t.succeeded), TIMEOUT, "five task-succeeded")
         tasks = tasks_of(recorder, results)
         assert all(len(t.received) == 1 and t.succeeded[0][0] == t.received[0][0] for t in tasks), tasks
         hosts = {w.hostname() for w in setup.worker_cluster}
@@ -371,7 +378,7 @@ class TestFairDispatch:
         assert set(sampler.peak_by_channel.values()) == {1}, sampler.peak_by_channel
         assert sampler.prefetch_counts == {1}
         # And no container received a message while it still had one unfinished, and both worked
-        recorder.wait_for(lambda r: all(t.succeeded for t in tasks_of(r, results)), TIMEOUT, "workload succeeded")
+        recorder.wait_for(lambda r: every_task(r, results, lambda t: t.succeeded), TIMEOUT, "workload succeeded")
         held = most_held_at_once(tasks_of(recorder, results))
         assert held == {w.hostname(): 1 for w in setup.worker_cluster}, held
         # And each message was received once, in all by the two containers
@@ -390,7 +397,7 @@ class TestFairDispatch:
         )
         (other,) = [w for w in setup.worker_cluster if w is not busy]
         recorder.wait_for(
-            lambda r: all(t.received and t.started for t in tasks_of(r, [result])),
+            lambda r: every_task(r, [result], lambda t: t.received and t.started),
             TIMEOUT,
             "task-received and task-started of the long task",
         )
