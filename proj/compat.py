@@ -92,16 +92,17 @@ CONFIRMS = Internal(
 
 #: Ready-made AMQP frames written to amqp's socket with its heartbeat bookkeeping (proj/frames.py), each
 #: template checked once against amqp's own property encoding of Celery's message. Used by ``send_many``
-#: (11,155 against 1,089 messages/s one at a time, docs/performance.md), by the ``.delay()`` fast path and
-#: by the task-sent events written as frames. Measured: send_many of 2,000 at 8,533 msgs/s, against 3,453
-#: through kombu's producer on the same channel with this off (2.5x; same node and method as FAST_PATH).
+#: (11,155 against 1,089 messages/s one at a time, docs/performance.md) and by the ``.delay()`` fast path (its
+#: task-sent events go out in batches through kombu, proj/sentevents.py). Measured: send_many of 2,000 at
+#: 8,533 msgs/s, against 3,453 through kombu's producer on the same channel with this off (2.5x; same node and
+#: method as FAST_PATH).
 RAW_FRAMES = Internal(
     key="raw-frames",
     library="amqp",
     written_for="5.4 (celery 5.7's task message)",
     owner="amqp.Connection, amqp.Message",
     attr="Connection.transport Connection.bytes_sent Message._serialize_properties",
-    feature="task messages written as ready-made frames (send_many, the .delay() fast path, task-sent events)",
+    feature="task messages written as ready-made frames (send_many, the .delay() fast path)",
     loses="send_many publishes each message through kombu's producer (several times slower), "
     ".delay() takes Celery's path",
 )
